@@ -1,0 +1,125 @@
+"""`python -m openrlhf_coherent.cli.train_ppo_ray`: OpenRLHF's train_ppo_ray, with SRPPO.
+
+    python -m openrlhf_coherent.cli.train_ppo_ray <every openrlhf train_ppo_ray flag> \\
+        --reward.model_name_or_path coherent --coherent.base_model <pretrained base>
+
+This runs OpenRLHF 0.11.2's own `openrlhf.cli.train_ppo_ray` module as `__main__` (its parser,
+its argument checks, its `train()`), with the plugin's hooks (`openrlhf_coherent.plugin`)
+installed at exactly the points where `patches/` would call them in stock OpenRLHF:
+
+  argparse parse_args          -> plugin.add_arguments  (our flags join OpenRLHF's parser)
+  openrlhf.utils.config.hierarchize -> plugin.validate  (before Ray starts)
+  ray.init                     -> plugin.ray_init_kwargs (CPU dev mode: fake GPUs, worker shims)
+  launcher.RewardModelActor    -> plugin.reward_actor_class
+  ppo_trainer.PPOTrainer       -> plugin.trainer_class
+
+Old flag spellings (`--pretrain`, `--reward_pretrain coherent`, `--critic_pretrain`,
+`--prompt_data`, ...) are translated first. Without `--reward.model_name_or_path coherent` it is
+plain OpenRLHF PPO (still with the CPU dev mode when there is no GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import runpy
+import sys
+from typing import Iterator, Optional, Sequence
+
+from openrlhf_coherent import config, devmode
+from openrlhf_coherent.plugin import CoherentRewardPlugin
+
+OPENRLHF_CLI = "openrlhf.cli.train_ppo_ray"
+
+
+@contextlib.contextmanager
+def _replaced(owner, name: str, value) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def plugin_installed(plugin: CoherentRewardPlugin, coherent: bool) -> Iterator[None]:
+    import ray
+
+    import openrlhf.trainer.ppo_trainer as ppo_trainer
+    import openrlhf.trainer.ray.launcher as launcher
+    import openrlhf.utils.config as openrlhf_config
+
+    original_parse_args = argparse.ArgumentParser.parse_args
+    original_hierarchize = openrlhf_config.hierarchize
+    original_ray_init = ray.init
+
+    def parse_args(parser, *args, **kwargs):
+        plugin.add_arguments(parser)
+        argparse.ArgumentParser.parse_args = original_parse_args  # only OpenRLHF's one parser
+        return original_parse_args(parser, *args, **kwargs)
+
+    def hierarchize(flat_args):
+        args = original_hierarchize(flat_args)
+        plugin.validate(args)
+        return args
+
+    def ray_init(*args, **kwargs):
+        return original_ray_init(*args, **plugin.ray_init_kwargs(kwargs))
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_replaced(argparse.ArgumentParser, "parse_args", parse_args))
+        stack.enter_context(_replaced(openrlhf_config, "hierarchize", hierarchize))
+        stack.enter_context(_replaced(ray, "init", ray_init))
+        if coherent:
+            stack.enter_context(_replaced(launcher, "RewardModelActor", plugin.reward_actor_class))
+            stack.enter_context(_replaced(ppo_trainer, "PPOTrainer", plugin.trainer_class))
+        yield
+
+
+class _Parsed(Exception):
+    def __init__(self, args):
+        self.parsed = args
+
+
+class _ParseOnlyPlugin(CoherentRewardPlugin):
+    def validate(self, args) -> None:
+        super().validate(args)
+        raise _Parsed(args)
+
+
+def parse_args(argv: Sequence[str]):
+    """The `args` tree OpenRLHF's own parser builds for a train_ppo_ray command line (after
+    `hierarchize` and the plugin's validation, before OpenRLHF's later defaults); starts nothing."""
+    argv = config.translate_legacy_flags(argv)
+    devmode.apply()
+    saved_argv = sys.argv
+    sys.argv = [OPENRLHF_CLI, *argv]
+    try:
+        with plugin_installed(_ParseOnlyPlugin(), coherent=False):
+            runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
+    except _Parsed as parsed:
+        return parsed.parsed
+    finally:
+        sys.argv = saved_argv
+    raise RuntimeError(f"{OPENRLHF_CLI} finished without parsing its arguments")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = config.translate_legacy_flags(sys.argv[1:] if argv is None else argv)
+    # Before anything imports OpenRLHF: import stand-ins for missing vllm/flash_attn, and the CPU
+    # runtime shims when there is no CUDA (no-ops on a GPU cluster with both installed).
+    devmode.apply()
+    coherent = config.flag_value(argv, "--reward.model_name_or_path") == config.COHERENT
+    sys.argv = [OPENRLHF_CLI, *argv]
+    try:
+        with plugin_installed(CoherentRewardPlugin(), coherent):
+            runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
+    except config.ConfigError as e:
+        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

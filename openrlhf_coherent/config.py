@@ -1,0 +1,259 @@
+"""The plugin's `--coherent.*` flag group, the legacy flag aliases, and validation before Ray starts.
+
+Flags are added to OpenRLHF's own `train_ppo_ray` parser, so OpenRLHF's `hierarchize` turns them
+into `args.coherent.<name>`, and `args` (inside the strategy) carries them to every Ray actor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import List, Optional, Sequence
+
+from .reward import AGGREGATES, REWARD_TYPES
+
+logger = logging.getLogger("openrlhf_coherent")
+
+COHERENT = "coherent"  # the value of --reward.model_name_or_path that selects this plugin
+ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo", "flash_reinforce")
+GROUP_ESTIMATORS = ("rloo", "reinforce_baseline", "group_norm", "dr_grpo", "flash_reinforce")
+
+# The pre-2026 spelling used by many OpenRLHF docs and scripts -> the 0.11 dotted flag.
+LEGACY_FLAGS = {
+    "--pretrain": "--actor.model_name_or_path",
+    "--reward_pretrain": "--reward.model_name_or_path",
+    "--critic_pretrain": "--critic.model_name_or_path",
+    "--prompt_data": "--data.prompt_dataset",
+    "--input_key": "--data.input_key",
+    "--remote_rm_url": "--reward.remote_url",
+    "--init_kl_coef": "--algo.kl.init_coef",
+    "--advantage_estimator": "--algo.advantage.estimator",
+}
+
+
+class ConfigError(ValueError):
+    """A bad flag or input file, found before Ray starts. The CLIs print it and exit with status 2."""
+
+
+def translate_legacy_flags(argv: Sequence[str]) -> List[str]:
+    """Rewrite old flag names (also in `--flag=value` form) to the dotted ones, noting each once."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in LEGACY_FLAGS:
+            new = LEGACY_FLAGS[name]
+            print(f"[openrlhf_coherent] note: {name} is the old spelling of {new}; using {new}")
+            arg = new + eq + value
+        out.append(arg)
+    return out
+
+
+def flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
+    """The value given to `flag` on a command line (last one wins, like argparse), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def add_coherent_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SRPPO coherent reward (openrlhf_coherent)")
+    group.add_argument(
+        "--coherent.base_model",
+        type=str,
+        default=None,
+        help="Pretrained base model (HF path or local folder): the log p_base term. Required with "
+        "--reward.model_name_or_path coherent.",
+    )
+    group.add_argument(
+        "--coherent.sft_model",
+        type=str,
+        default=None,
+        help="SFT model for the log p_SFT term. Default: --actor.model_name_or_path (the SFT model PPO starts from).",
+    )
+    group.add_argument(
+        "--coherent.reward_type",
+        type=str,
+        default="sequence",
+        choices=REWARD_TYPES,
+        help="sequence: sum of log-ratios at the EOS/last token (paper eq. 3-4). token: each token gets "
+        "its own log-ratio (eq. 8); the paper reports unbounded length growth with it, opt-in only.",
+    )
+    group.add_argument(
+        "--coherent.aggregate",
+        type=str,
+        default="sum",
+        choices=AGGREGATES,
+        help="sum (paper) or mean: divide by the number of response tokens (length normalisation).",
+    )
+    group.add_argument("--coherent.scale", type=float, default=1.0, help="Multiply the coherent reward by this.")
+    group.add_argument(
+        "--coherent.token_clip",
+        type=float,
+        default=None,
+        help="Clamp each token's log p_SFT - log p_base to [-x, x] before aggregating (reward-hacking guard).",
+    )
+    group.add_argument(
+        "--coherent.reuse_ref",
+        type=str,
+        default="auto",
+        choices=["auto", "never"],
+        help="auto: when the reference model is the SFT model at temperature 1, reuse its log-probs as "
+        "log p_SFT (one extra forward per step, the base model). never: always run the SFT model in the "
+        "coherent actor (for benchmarking or debugging).",
+    )
+    group.add_argument(
+        "--coherent.rollout_log",
+        type=str,
+        default=None,
+        help="Append every rollout (token ids, text, reward fed to PPO, log p_SFT, log p_base) to this JSONL file.",
+    )
+    group.add_argument(
+        "--coherent.trust_remote_code",
+        action="store_true",
+        default=False,
+        help="Allow custom model code when this plugin validates/loads the base and SFT configs and tokenizers.",
+    )
+
+
+def _resolve(path: str) -> str:
+    return os.path.realpath(path) if os.path.exists(path) else path
+
+
+def same_model_path(a: Optional[str], b: Optional[str]) -> bool:
+    return a is not None and b is not None and _resolve(a) == _resolve(b)
+
+
+def check_causal_lm(path: str, flag: str, trust_remote_code: bool):
+    """Fail with a message naming `flag` unless `path` holds a causal-LM config. Returns the config."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
+        raise ConfigError(f"{flag} {path}: no such directory")
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers raises OSError/ValueError/KeyError depending on what is wrong
+        raise ConfigError(f"{flag} {path}: cannot load a model config there ({type(e).__name__}: {e})") from None
+    # The saved architecture says what head the weights have (a BERT encoder's model_type also maps
+    # to a causal-LM class, but BertModel weights have no LM head); fall back to model_type.
+    architectures = getattr(config, "architectures", None) or []
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if architectures:
+        is_causal = any(a in causal_classes or a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    else:
+        is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not is_causal:
+        raise ConfigError(
+            f"{flag} {path}: not a causal language model (model_type={config.model_type!r}, "
+            f"architectures={architectures}); the coherent reward needs next-token log-probs"
+        )
+    return config
+
+
+def check_same_tokenizer(sft_path: str, base_path: str, sft_flag: str, trust_remote_code: bool) -> None:
+    """The two log-probs are only comparable token by token if both models share one tokenizer."""
+    from transformers import AutoTokenizer
+
+    def load(path, flag):
+        try:
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as e:
+            raise ConfigError(f"{flag} {path}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
+
+    sft, base = load(sft_path, sft_flag), load(base_path, "--coherent.base_model")
+    if sft.get_vocab() != base.get_vocab():
+        only_sft = len(set(sft.get_vocab().items()) - set(base.get_vocab().items()))
+        raise ConfigError(
+            f"{sft_flag} {sft_path} and --coherent.base_model {base_path} have different vocabularies "
+            f"({len(sft)} vs {len(base)} tokens, {only_sft} token->id entries differ): log p_SFT - log p_base "
+            "is only defined for models that share a tokenizer"
+        )
+    for name in ("bos_token_id", "eos_token_id", "unk_token_id"):
+        if getattr(sft, name) != getattr(base, name):
+            raise ConfigError(
+                f"{sft_flag} {sft_path} and --coherent.base_model {base_path} have different special tokens: "
+                f"{name} {getattr(sft, name)} vs {getattr(base, name)}"
+            )
+
+
+def validate(args) -> None:
+    """Check an OpenRLHF `args` tree (after hierarchize) that selects the coherent reward, and fill in
+    the derived settings. Raises ConfigError naming the flag. Runs in the driver before Ray starts."""
+    c = args.coherent
+    if args.reward.remote_url:
+        raise ConfigError(
+            "--reward.model_name_or_path coherent computes the reward from token log-probs in a Ray actor; "
+            "it cannot be combined with --reward.remote_url / --train.agent_func_path"
+        )
+    if not c.base_model:
+        raise ConfigError(
+            "--reward.model_name_or_path coherent needs --coherent.base_model <pretrained base model path>: "
+            "the coherent reward is log p_SFT(y|x) - log p_base(y|x)"
+        )
+    if not args.actor.model_name_or_path:
+        raise ConfigError("--actor.model_name_or_path is required (the SFT model PPO starts from)")
+    estimator = args.algo.advantage.estimator
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"--algo.advantage.estimator {estimator}: not supported, choose from {ESTIMATORS}")
+    if estimator == "gae" and not args.critic.model_name_or_path:
+        raise ConfigError(
+            "--algo.advantage.estimator gae needs an explicit --critic.model_name_or_path (normally the SFT "
+            "model): OpenRLHF would otherwise initialise the critic from --reward.model_name_or_path, which "
+            "is 'coherent', not a model"
+        )
+    if c.reward_type == "token" and estimator in GROUP_ESTIMATORS:
+        raise ConfigError(
+            f"--coherent.reward_type token gives per-token rewards; --algo.advantage.estimator {estimator} "
+            "computes a per-prompt baseline of scalar rewards. Use gae or reinforce with the token-wise variant"
+        )
+    if args.train.async_enable:
+        raise ConfigError(
+            "--train.async_enable is not supported with the coherent reward yet (the plugin hooks the "
+            "synchronous PPOTrainer); drop the flag"
+        )
+    if c.token_clip is not None and c.token_clip <= 0:
+        raise ConfigError(f"--coherent.token_clip must be > 0, got {c.token_clip}")
+
+    trust = c.trust_remote_code
+    check_causal_lm(c.base_model, "--coherent.base_model", trust)
+    sft_flag = "--coherent.sft_model" if c.sft_model else "--actor.model_name_or_path"
+    c.sft_model = c.sft_model or args.actor.model_name_or_path
+    check_causal_lm(c.sft_model, sft_flag, trust)
+    check_same_tokenizer(c.sft_model, c.base_model, sft_flag, trust)
+
+    # OpenRLHF's reference model is loaded from the actor path and scores at the rollout temperature.
+    # Only when that is exactly the SFT model at temperature 1 are its log-probs log p_SFT.
+    reasons = []
+    if c.reuse_ref == "never":
+        reasons.append("--coherent.reuse_ref never")
+    if args.algo.kl.init_coef <= 0:
+        reasons.append("no reference model (--algo.kl.init_coef 0)")
+    if args.rollout.temperature != 1.0:
+        reasons.append(f"--rollout.temperature {args.rollout.temperature} (reference log-probs are tempered)")
+    if not same_model_path(c.sft_model, args.actor.model_name_or_path):
+        reasons.append("--coherent.sft_model differs from --actor.model_name_or_path")
+    c.reuse_ref_logprobs = not reasons
+    if c.reuse_ref_logprobs:
+        logger.warning(
+            "SRPPO: reusing the reference model's log-probs as log p_SFT; the coherent actor runs only the "
+            "base model (one extra forward per step)"
+        )
+    else:
+        logger.warning("SRPPO: the coherent actor computes both log p_SFT and log p_base because %s", "; ".join(reasons))
+
+    # OpenRLHF clamps every reward to --reward.clip_range, (-10, 10) by default. A summed log-ratio
+    # over a few hundred tokens is routinely beyond that, and clipping would flatten the signal that
+    # ranks responses, so unless the user set a range explicitly, the coherent reward is not clamped.
+    # argparse leaves the default as the tuple (-10, 10); a value the user typed arrives as a list.
+    if isinstance(args.reward.clip_range, tuple):
+        args.reward.clip_range = None
+    if c.reward_type == "token":
+        logger.warning(
+            "SRPPO: --coherent.reward_type token (paper eq. 8). The paper (Appendix E) saw responses grow "
+            "without bound with it: watch rollout/response_length_mean and rollout/truncated_rate"
+        )

@@ -1,0 +1,63 @@
+"""OpenRLHF's PPOTrainer with the coherent experience maker and the coherent-reward diagnostics.
+
+Two overrides: the experience maker is swapped for `CoherentExperienceMaker`, and the rollout
+statistics (which OpenRLHF merges into each step's status, logged to the console, TensorBoard
+and wandb) gain the coherent-reward terms.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import ray
+import torch
+
+from openrlhf.trainer.ppo_trainer import PPOTrainer
+
+from .experience import CoherentExperienceMaker
+
+
+def coherent_rollout_stats(experiences: List, forward_counts: Dict[str, int], reused: bool) -> Dict[str, float]:
+    """Rollout-level diagnostics of the coherent reward, keyed like OpenRLHF's `rollout/*` stats."""
+
+    def cat(key):
+        return torch.cat([e.info[key].float() for e in experiences])
+
+    reward, sft, base = cat("coherent_reward"), cat("coherent_sft_logp"), cat("coherent_base_logp")
+    length = torch.cat([e.action_mask.float().sum(-1) for e in experiences]).clamp(min=1)
+    truncated = torch.cat([e.truncated.float() for e in experiences if e.truncated is not None])
+    return {
+        "coherent/reward_mean": reward.mean().item(),
+        "coherent/reward_std": reward.std().item() if len(reward) > 1 else 0.0,
+        "coherent/sft_logp_mean": sft.mean().item(),
+        "coherent/base_logp_mean": base.mean().item(),
+        "coherent/sft_logp_per_token": (sft / length).mean().item(),
+        "coherent/base_logp_per_token": (base / length).mean().item(),
+        "coherent/response_length_mean": length.mean().item(),
+        "coherent/truncated_rate": truncated.mean().item() if len(truncated) else 0.0,
+        "coherent/eos_rate": 1.0 - truncated.mean().item() if len(truncated) else 1.0,
+        "coherent/sft_logprobs_reused": float(reused),
+        "coherent/base_forwards": float(forward_counts["base"]),
+        "coherent/sft_forwards": float(forward_counts["sft"]),
+    }
+
+
+@ray.remote
+class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.experience_maker = CoherentExperienceMaker(
+            self.actor_model_group,
+            self.critic_model_group,
+            self.reward_model_group,
+            self.reference_model_group,
+            self.kl_ctl,
+            self.strategy,
+            self.tokenizer,
+        )
+
+    def _compute_rollout_stats(self, experiences) -> Dict:
+        stats = super()._compute_rollout_stats(experiences)
+        maker = self.experience_maker
+        stats.update(coherent_rollout_stats(experiences, maker.last_forward_counts, maker.coherent.reuse_ref_logprobs))
+        return stats
