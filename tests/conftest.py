@@ -1,5 +1,6 @@
 """Shared fixtures: tiny local models (built once per session, no model hub) and import stand-ins."""
 
+import json
 import os
 
 import pytest
@@ -20,6 +21,16 @@ SFT_TEXTS = [
 
 
 @pytest.fixture(scope="session")
+def prompt_file(tmp_path_factory):
+    """Eight short user prompts in OpenRLHF's prompt-dataset JSONL format (key "input")."""
+    from srppo_helpers import PROMPTS
+
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"input": p}) + "\n" for p in PROMPTS))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """(base, sft): a random tiny Llama and a copy fine-tuned a few steps on SFT_TEXTS."""
     from openrlhf_coherent.tiny_models import finetune_copy, make_tiny_llama
@@ -28,3 +39,35 @@ def tiny_models(tmp_path_factory):
     base = make_tiny_llama(str(root / "base"), seed=0)
     sft = finetune_copy(base, str(root / "sft"), SFT_TEXTS, steps=30)
     return base, sft
+
+
+def plain_log_probs(model_path, prompt_ids, response_ids):
+    """Independent reference: per-token log p(response | prompt) of one unpadded row, with plain
+    transformers in fp32 (no OpenRLHF, no padding, no masks)."""
+    import torch
+
+    model = _load_plain(model_path)
+    ids = torch.tensor([list(prompt_ids) + list(response_ids)])
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+    log_probs = torch.log_softmax(logits[0, :-1], dim=-1).gather(-1, ids[0, 1:, None])[:, 0]
+    return log_probs[len(prompt_ids) - 1 :]
+
+
+_PLAIN_MODELS = {}
+
+
+def _load_plain(path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if path not in _PLAIN_MODELS:
+        _PLAIN_MODELS[path] = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return _PLAIN_MODELS[path]
+
+
+def plain_coherent_reward(sft_path, base_path, prompt_ids, response_ids):
+    """log p_SFT(y|x) - log p_base(y|x), summed over the response, computed independently."""
+    return (
+        plain_log_probs(sft_path, prompt_ids, response_ids).sum() - plain_log_probs(base_path, prompt_ids, response_ids).sum()
+    ).item()

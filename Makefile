@@ -1,0 +1,22 @@
+# Newcomer commands (each installs what it needs into .venv first):
+#   make demo   the embedded CPU demo: SRPPO end to end on a laptop CPU
+#   make test   the test suite (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv test demo demo-quick clean
+
+venv:
+	bash scripts/install_cpu.sh
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) -m demo.run --out demo_out
+
+demo-quick: venv
+	$(PY) -m demo.run --out demo_out_quick --quick
+
+clean:
+	rm -rf demo_out demo_out_quick .pytest_cache

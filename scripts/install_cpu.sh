@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create .venv and install openrlhf-coherent for CPU development, tests and the demo.
+#
+# Order matters: torch 2.13.0 (the CPU wheel) first, so nothing below can pull a CUDA build;
+# then OpenRLHF's other requirements; DeepSpeed (an sdist whose setup.py imports torch) without
+# build isolation; OpenRLHF itself with --no-deps (its metadata requires flash-attn, CUDA only);
+# and this package, editable, with --no-deps. Re-running is cheap: a stamp records what was installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+stamp="$VENV/.openrlhf-coherent-installed"
+want=$(cat requirements/cpu.txt setup.py scripts/install_cpu.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip "$@"; }
+pip install --quiet --upgrade pip
+pip install --quiet torch==2.13.0
+pip install --quiet -r requirements/cpu.txt
+pip install --quiet --no-build-isolation deepspeed==0.19.6
+pip install --quiet --no-deps openrlhf==0.11.2
+pip install --quiet --no-deps -e .
+"$VENV/bin/python" - <<'PY'
+import torch
+assert torch.__version__.startswith("2.13.0") and not torch.version.cuda, f"expected the CPU torch 2.13.0, got {torch.__version__}"
+PY
+echo "$want" > "$stamp"
+echo "installed into $VENV"

@@ -1,0 +1,92 @@
+"""Helpers for the end-to-end tests: the tiniest real SRPPO command line, running it, reading its logs."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import plain_coherent_reward
+
+PROMPTS = [
+    "what is the color of the sun ?",
+    "say hello",
+    "how many legs has a dog ?",
+    "name a big river",
+    "tell me a short story",
+    "what is two plus two ?",
+    "write a long sentence",
+    "count to three",
+]
+
+
+def tiny_srppo_argv(sft, base, prompts, out_dir, *extra):
+    """The smallest real SRPPO run: 8 prompts, 4 per rollout batch -> 2 PPO steps."""
+    return [
+        "--actor.model_name_or_path", sft,
+        "--reward.model_name_or_path", "coherent",
+        "--coherent.base_model", base,
+        "--coherent.rollout_log", os.path.join(out_dir, "rollouts.jsonl"),
+        "--data.prompt_dataset", prompts,
+        "--data.input_key", "input",
+        "--data.apply_chat_template",
+        "--data.max_samples", "8",
+        "--data.max_len", "64",
+        "--rollout.max_new_tokens", "12",
+        "--rollout.batch_size", "4",
+        "--rollout.micro_batch_size", "2",
+        "--train.batch_size", "4",
+        "--train.micro_batch_size", "2",
+        "--train.max_epochs", "1",
+        "--train.num_episodes", "1",
+        "--actor.num_gpus_per_node", "1",
+        "--ref.num_gpus_per_node", "1",
+        "--critic.num_gpus_per_node", "1",
+        "--reward.num_gpus_per_node", "1",
+        "--vllm.num_engines", "1",
+        "--ds.zero_stage", "2",
+        "--ds.param_dtype", "bf16",
+        "--ds.attn_implementation", "eager",
+        "--actor.adam.lr", "1e-4",
+        "--critic.adam.lr", "1e-4",
+        "--algo.kl.init_coef", "0.01",
+        "--logger.tensorboard_dir", os.path.join(out_dir, "tb"),
+        "--ckpt.output_dir", os.path.join(out_dir, "ckpt"),
+        "--ckpt.path", os.path.join(out_dir, "ckpt_state"),
+        *extra,
+    ]  # fmt: skip
+
+
+def run_srppo(argv, timeout=420):
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0")
+    proc = subprocess.run(
+        [sys.executable, "-m", "openrlhf_coherent.cli.train_ppo_ray", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return log
+
+
+def step_logs(log):
+    """The per-step status dicts OpenRLHF prints ("Global step N: {...}")."""
+    return [(int(m.group(1)), m.group(2)) for m in re.finditer(r"Global step (\d+): (\{.*\})", log)]
+
+
+def metric(status: str, key: str) -> float:
+    return float(re.search(rf"'{re.escape(key)}': ([-\d.e+]+|nan)", status).group(1))
+
+
+def check_rewards_match_independent_computation(out_dir, sft, base, n_steps):
+    rows = [json.loads(line) for line in open(os.path.join(out_dir, "rollouts.jsonl"))]
+    assert sorted({r["step"] for r in rows}) == list(range(1, n_steps + 1))
+    for row in rows:
+        assert row["response_ids"], "empty response"
+        expected = plain_coherent_reward(sft, base, row["prompt_ids"], row["response_ids"])
+        assert row["reward"] == pytest.approx(expected, abs=2e-2, rel=2e-3), row
+    return rows

@@ -1,0 +1,103 @@
+"""The coherent reward actor in a real Ray actor group (two ranks, gloo) against plain transformers."""
+
+import pytest
+import ray
+import torch
+
+from conftest import plain_log_probs
+from openrlhf_coherent import devmode
+from openrlhf_coherent.cli.train_ppo_ray import parse_args
+
+PAIRS = [  # (prompt, response) of different lengths; the last response is "truncated" (no EOS)
+    ("user : say hello assistant :", " hello ! </s>"),
+    ("user : what is the color of the sun ? assistant :", " the sun is yellow . </s>"),
+    ("user : name a big river assistant :", " the big river is blue . </s>"),
+    ("user : count to three assistant :", " one two three four five six seven eight"),
+]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(**devmode.ray_init_kwargs(num_gpus=2))
+    yield
+    ray.shutdown()
+
+
+def openrlhf_batch(tokenizer, pairs):
+    """Samples in OpenRLHF's layout: one [prompt | response] row each, concatenated (left-padded)
+    by OpenRLHF's own Experience.concat_experiences; action_mask aligned to sequences[:, 1:]."""
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    samples = []
+    for prompt, response in pairs:
+        p, r = tokenizer(prompt)["input_ids"], tokenizer(response)["input_ids"]
+        seq = torch.tensor([p + r])
+        action_mask = torch.tensor([[0] * (len(p) - 1) + [1] * len(r)])
+        samples.append(Experience(sequences=seq, attention_mask=torch.ones_like(seq), action_mask=action_mask))
+    return Experience.concat_experiences(samples, tokenizer.pad_token_id), samples
+
+
+def group_forward(group, batches):
+    refs = group.async_run_method_batch(
+        method_name="forward",
+        sequences=[b.sequences for b in batches],
+        action_mask=[b.action_mask for b in batches],
+        attention_mask=[b.attention_mask for b in batches],
+    )
+    return [out for chunk in ray.get(refs) for out in chunk]
+
+
+def make_group(tiny_models, *extra):
+    from openrlhf.trainer.ray.launcher import RayActorGroup
+    from openrlhf.utils import get_strategy
+
+    from openrlhf_coherent.actor import CoherentRewardActor
+
+    base, sft = tiny_models
+    args = parse_args(
+        ["--actor.model_name_or_path", sft, "--critic.model_name_or_path", sft,
+         "--reward.model_name_or_path", "coherent", "--coherent.base_model", base,
+         "--reward.num_gpus_per_node", "2", "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
+         "--ds.attn_implementation", "eager", *extra]
+    )  # fmt: skip
+    strategy = get_strategy(args)
+    group = RayActorGroup(1, 2, CoherentRewardActor, num_gpus_per_actor=1)
+    ray.get(group.async_init_model_from_pretrained(strategy, "coherent"))
+    return group
+
+
+def test_actor_group_matches_plain_transformers_in_fp32(tiny_models, ray_cluster):
+    from transformers import AutoTokenizer
+
+    base, sft = tiny_models
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    group = make_group(tiny_models, "--coherent.reuse_ref", "never")
+    # two micro-batches -> one per rank of the two-actor group
+    batch_a, samples_a = openrlhf_batch(tokenizer, PAIRS[:2])
+    batch_b, samples_b = openrlhf_batch(tokenizer, PAIRS[2:])
+    outputs = group_forward(group, [batch_a, batch_b])
+    assert len(outputs) == 2
+
+    for out, batch, pairs in ((outputs[0], batch_a, PAIRS[:2]), (outputs[1], batch_b, PAIRS[2:])):
+        assert out["base"].dtype == torch.float32 and out["base"].shape == batch.action_mask.shape
+        for i, (prompt, response) in enumerate(pairs):
+            p, r = tokenizer(prompt)["input_ids"], tokenizer(response)["input_ids"]
+            mask = batch.action_mask[i].bool()
+            for key, path in (("base", base), ("sft", sft)):
+                expected = plain_log_probs(path, p, r)
+                torch.testing.assert_close(out[key][i][mask], expected, atol=1e-5, rtol=1e-5)
+                # nothing outside the response
+                assert torch.all(out[key][i][~mask] == 0)
+            ratio = (out["sft"][i][mask] - out["base"][i][mask]).sum()
+            expected_ratio = plain_log_probs(sft, p, r).sum() - plain_log_probs(base, p, r).sum()
+            assert ratio.item() == pytest.approx(expected_ratio.item(), abs=1e-5)
+
+
+def test_actor_holds_only_the_base_model_when_reference_log_probs_are_reused(tiny_models, ray_cluster):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[1])
+    group = make_group(tiny_models)  # reuse applies: kl > 0, temperature 1, sft == actor
+    batch, _ = openrlhf_batch(tokenizer, PAIRS[:2])
+    outputs = group_forward(group, [batch, batch])
+    assert all(set(out) == {"base"} for out in outputs)

@@ -1,0 +1,56 @@
+"""patches/: the upstream change applies to OpenRLHF 0.11.2 and stock `openrlhf.cli.train_ppo_ray`
+then runs SRPPO end to end (through the entry point this package registers)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import openrlhf
+
+from srppo_helpers import check_rewards_match_independent_computation, step_logs, tiny_srppo_argv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PATCH = os.path.join(REPO, "patches", "openrlhf-0.11.2-reward-plugins.patch")
+
+
+def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path):
+    base, sft = tiny_models
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
+    applied = subprocess.run(["patch", "-p1", "-i", PATCH], cwd=site, capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "FAILED" not in applied.stdout and "offset" not in applied.stdout.lower(), applied.stdout
+    # CPU only: the dev mode must be active before the stock CLI imports vLLM (see patches/README.md).
+    (site / "sitecustomize.py").write_text("from openrlhf_coherent import devmode\ndevmode.apply()\n")
+
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = tiny_srppo_argv(sft, base, prompt_file, str(out), "--critic.model_name_or_path", sft)
+    env = dict(os.environ, PYTHONPATH=str(site), TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, "-m", "openrlhf.cli.train_ppo_ray", *argv],
+        cwd=tmp_path, capture_output=True, text=True, timeout=420, env=env,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    steps = step_logs(log)
+    assert [s for s, _ in steps] == [1, 2], log[-3000:]
+    assert "coherent/reward_mean" in steps[-1][1]
+    check_rewards_match_independent_computation(str(out), sft, base, 2)
+
+
+def test_patch_is_inert_without_a_plugin_name(tmp_path):
+    """Stock command lines (a real reward model path) resolve no plugin: behaviour unchanged."""
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
+    subprocess.run(["patch", "-p1", "-q", "-i", PATCH], cwd=site, check=True)
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from openrlhf.utils.reward_plugins import find_reward_plugin\n"
+        "assert find_reward_plugin(['--reward.model_name_or_path', 'OpenRLHF/Llama-3-8b-rm']) is None\n"
+        "p = find_reward_plugin(['--reward.model_name_or_path', 'coherent'])\n"
+        "print(type(p).__module__, type(p).__name__)\n" % str(site)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "openrlhf_coherent.plugin CoherentRewardPlugin"
