@@ -98,6 +98,31 @@ def add_coherent_arguments(parser: argparse.ArgumentParser) -> None:
         help="Clamp each token's log p_SFT - log p_base to [-x, x] before aggregating (reward-hacking guard).",
     )
     group.add_argument(
+        "--coherent.sft_logp_floor",
+        type=float,
+        default=None,
+        help="Reward-hacking guard: a sample whose per-token log p_SFT is more than this many nats below the "
+        "mean of the SFT model's own samples (the first rollout) gets the lowest reward of its rollout batch.",
+    )
+    group.add_argument(
+        "--coherent.alarm",
+        type=str,
+        default="on",
+        choices=["on", "off"],
+        help="Reward-hacking alarm: warn when the reward rises while the EOS rate or the SFT per-token "
+        "log-likelihood of the samples falls below that of the SFT model's own samples.",
+    )
+    group.add_argument("--coherent.alarm_window", type=int, default=5, help="Rollouts the alarm compares.")
+    group.add_argument(
+        "--coherent.alarm_eos_drop", type=float, default=0.15, help="EOS-rate fall (absolute) that counts."
+    )
+    group.add_argument(
+        "--coherent.alarm_logp_drop",
+        type=float,
+        default=0.5,
+        help="Fall of the SFT per-token log-likelihood (nats) that counts.",
+    )
+    group.add_argument(
         "--coherent.reuse_ref",
         type=str,
         default="auto",
@@ -216,8 +241,12 @@ def validate(args) -> None:
             "--train.async_enable is not supported with the coherent reward yet (the plugin hooks the "
             "synchronous PPOTrainer); drop the flag"
         )
-    if c.token_clip is not None and c.token_clip <= 0:
-        raise ConfigError(f"--coherent.token_clip must be > 0, got {c.token_clip}")
+    for name in ("token_clip", "sft_logp_floor"):
+        value = getattr(c, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--coherent.{name} must be > 0, got {value}")
+    if c.alarm_window < 2:
+        raise ConfigError(f"--coherent.alarm_window must be at least 2, got {c.alarm_window}")
 
     trust = c.trust_remote_code
     check_causal_lm(c.base_model, "--coherent.base_model", trust)
@@ -244,7 +273,9 @@ def validate(args) -> None:
             "base model (one extra forward per step)"
         )
     else:
-        logger.warning("SRPPO: the coherent actor computes both log p_SFT and log p_base because %s", "; ".join(reasons))
+        logger.warning(
+            "SRPPO: the coherent actor computes both log p_SFT and log p_base because %s", "; ".join(reasons)
+        )
 
     # OpenRLHF clamps every reward to --reward.clip_range, (-10, 10) by default. A summed log-ratio
     # over a few hundred tokens is routinely beyond that, and clipping would flatten the signal that

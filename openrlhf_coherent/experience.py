@@ -42,6 +42,8 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         # logged, so a run shows that the SFT model is not run twice when reuse applies.
         self.last_forward_counts = {"base": 0, "sft": 0}
         self.rollout_step = 0
+        self.sft_logp_reference = None  # --coherent.sft_logp_floor: per-token log p_SFT of the first rollout
+        self.floored = 0  # samples the floor guard replaced in the last rollout
 
     def _dispatch_forward(self, group, sync_condition, **kwargs):
         ref = super()._dispatch_forward(group, sync_condition, **kwargs)
@@ -73,18 +75,26 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         else:
             sft_log_probs = [t["sft"] for t in terms]
         self._reference_refs = None
+        self.floored = 0
         self.last_forward_counts = {"base": len(terms), "sft": sum("sft" in t for t in terms)}
 
+        results = []
         for samples, t, sft in zip(samples_list, terms, sft_log_probs):
-            result = coherent_reward(
-                sft,
-                t["base"],
-                samples.action_mask,
-                reward_type=self.coherent.reward_type,
-                aggregate=self.coherent.aggregate,
-                scale=self.coherent.scale,
-                token_clip=self.coherent.token_clip,
+            results.append(
+                coherent_reward(
+                    sft,
+                    t["base"],
+                    samples.action_mask,
+                    reward_type=self.coherent.reward_type,
+                    aggregate=self.coherent.aggregate,
+                    scale=self.coherent.scale,
+                    token_clip=self.coherent.token_clip,
+                )
             )
+        if self.coherent.sft_logp_floor is not None:
+            self._apply_sft_logp_floor(results)
+
+        for samples, result in zip(samples_list, results):
             if result.token_rewards is not None:
                 samples.info["coherent_token_rewards"] = result.token_rewards  # consumed below, not logged
                 logged_reward = result.token_rewards.sum(dim=-1)
@@ -97,6 +107,22 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             samples.info["coherent_base_logp"] = result.base_log_prob
             samples.info["coherent_log_ratio"] = result.log_ratio_sum
         return samples_list
+
+    def _apply_sft_logp_floor(self, results) -> None:
+        """Typical-set guard: a response the SFT model itself finds far less likely per token than its
+        own samples is outside what the demonstrations taught; there the reward is dominated by what
+        the base finds unlikely (the repetition hack), so it gets the rollout's lowest reward instead."""
+        per_token = [r.sft_log_prob / r.length.clamp(min=1) for r in results]
+        if self.sft_logp_reference is None:  # first rollout: the SFT model's own samples
+            self.sft_logp_reference = torch.cat(per_token).mean().item()
+        floor = self.sft_logp_reference - self.coherent.sft_logp_floor
+        lowest = min(r.reward.min().item() for r in results)
+        for result, ppt in zip(results, per_token):
+            off = ppt < floor
+            result.reward = torch.where(off, torch.full_like(result.reward, lowest), result.reward)
+            if result.token_rewards is not None:
+                result.token_rewards[off] = 0.0
+            self.floored += int(off.sum())
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences: List[Experience]) -> List[Experience]:
@@ -149,4 +175,3 @@ def _add_token_rewards(dense_by_kl_id):
         yield
     finally:
         openrlhf_experience_maker.compute_reward = original
-

@@ -2,7 +2,7 @@
 
 Two overrides: the experience maker is swapped for `CoherentExperienceMaker`, and the rollout
 statistics (which OpenRLHF merges into each step's status, logged to the console, TensorBoard
-and wandb) gain the coherent-reward terms.
+and wandb) gain the coherent-reward terms and the reward-hacking alarm.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import torch
 
 from openrlhf.trainer.ppo_trainer import PPOTrainer
 
+from .alarm import HackingAlarm
 from .experience import CoherentExperienceMaker
 
 
-def coherent_rollout_stats(experiences: List, forward_counts: Dict[str, int], reused: bool) -> Dict[str, float]:
+def coherent_rollout_stats(experiences: List, maker: CoherentExperienceMaker) -> Dict[str, float]:
     """Rollout-level diagnostics of the coherent reward, keyed like OpenRLHF's `rollout/*` stats."""
 
     def cat(key):
@@ -36,9 +37,10 @@ def coherent_rollout_stats(experiences: List, forward_counts: Dict[str, int], re
         "coherent/response_length_mean": length.mean().item(),
         "coherent/truncated_rate": truncated.mean().item() if len(truncated) else 0.0,
         "coherent/eos_rate": 1.0 - truncated.mean().item() if len(truncated) else 1.0,
-        "coherent/sft_logprobs_reused": float(reused),
-        "coherent/base_forwards": float(forward_counts["base"]),
-        "coherent/sft_forwards": float(forward_counts["sft"]),
+        "coherent/sft_logprobs_reused": float(maker.coherent.reuse_ref_logprobs),
+        "coherent/base_forwards": float(maker.last_forward_counts["base"]),
+        "coherent/sft_forwards": float(maker.last_forward_counts["sft"]),
+        "coherent/sft_logp_floored": float(maker.floored),
     }
 
 
@@ -55,9 +57,12 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
             self.strategy,
             self.tokenizer,
         )
+        c = self.args.coherent
+        self.alarm = HackingAlarm(c.alarm_window, c.alarm_eos_drop, c.alarm_logp_drop) if c.alarm == "on" else None
 
     def _compute_rollout_stats(self, experiences) -> Dict:
         stats = super()._compute_rollout_stats(experiences)
-        maker = self.experience_maker
-        stats.update(coherent_rollout_stats(experiences, maker.last_forward_counts, maker.coherent.reuse_ref_logprobs))
+        stats.update(coherent_rollout_stats(experiences, self.experience_maker))
+        if self.alarm is not None:
+            stats.update(self.alarm.update(stats))
         return stats

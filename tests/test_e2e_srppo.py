@@ -38,7 +38,6 @@ def test_srppo_group_estimator(tiny_models, prompt_file, tmp_path):
     argv = tiny_srppo_argv(
         sft, base, prompt_file, str(tmp_path),
         "--algo.advantage.estimator", "reinforce_baseline", "--rollout.n_samples_per_prompt", "2",
-        "--data.max_samples", "4",
     )  # fmt: skip
     log = run_srppo(argv)
     assert [s for s, _ in step_logs(log)] == [1, 2], log[-3000:]
