@@ -180,7 +180,9 @@ def check_causal_lm(path: str, flag: str, trust_remote_code: bool):
     return config
 
 
-def check_same_tokenizer(sft_path: str, base_path: str, sft_flag: str, trust_remote_code: bool) -> None:
+def check_same_tokenizer(
+    sft_path: str, base_path: str, sft_flag: str, trust_remote_code: bool, base_flag: str = "--coherent.base_model"
+) -> None:
     """The two log-probs are only comparable token by token if both models share one tokenizer."""
     from transformers import AutoTokenizer
 
@@ -190,18 +192,18 @@ def check_same_tokenizer(sft_path: str, base_path: str, sft_flag: str, trust_rem
         except Exception as e:
             raise ConfigError(f"{flag} {path}: cannot load its tokenizer ({type(e).__name__}: {e})") from None
 
-    sft, base = load(sft_path, sft_flag), load(base_path, "--coherent.base_model")
+    sft, base = load(sft_path, sft_flag), load(base_path, base_flag)
     if sft.get_vocab() != base.get_vocab():
         only_sft = len(set(sft.get_vocab().items()) - set(base.get_vocab().items()))
         raise ConfigError(
-            f"{sft_flag} {sft_path} and --coherent.base_model {base_path} have different vocabularies "
+            f"{sft_flag} {sft_path} and {base_flag} {base_path} have different vocabularies "
             f"({len(sft)} vs {len(base)} tokens, {only_sft} token->id entries differ): log p_SFT - log p_base "
             "is only defined for models that share a tokenizer"
         )
     for name in ("bos_token_id", "eos_token_id", "unk_token_id"):
         if getattr(sft, name) != getattr(base, name):
             raise ConfigError(
-                f"{sft_flag} {sft_path} and --coherent.base_model {base_path} have different special tokens: "
+                f"{sft_flag} {sft_path} and {base_flag} {base_path} have different special tokens: "
                 f"{name} {getattr(sft, name)} vs {getattr(base, name)}"
             )
 

@@ -40,6 +40,7 @@ class CoherentRewardPlugin:
 
     def add_arguments(self, parser) -> None:
         config.add_coherent_arguments(parser)
+        devmode.allow_fp32_param_dtype(parser)
 
     def selected(self, args) -> bool:
         return args.reward.model_name_or_path == self.name

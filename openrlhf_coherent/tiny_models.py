@@ -120,3 +120,31 @@ def finetune_copy(src: str, dst: str, texts: Iterable[str], *, steps: int = 20, 
     model.save_pretrained(dst, safe_serialization=True)
     tokenizer.save_pretrained(dst)
     return dst
+
+
+def main(argv=None) -> None:
+    """`python -m openrlhf_coherent.tiny_models OUT_DIR`: write OUT_DIR/base, OUT_DIR/sft and
+    OUT_DIR/prompts.jsonl, the smallest inputs an SRPPO command line can run on (CPU examples)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out_dir")
+    args = parser.parse_args(argv)
+    demos = [
+        "user : what is the color of the sun ? assistant : the sun is yellow .",
+        "user : say hello assistant : hello !",
+        "user : how many legs has a dog ? assistant : a dog has four .",
+        "user : name a big river assistant : the big river is blue .",
+    ]
+    base = make_tiny_llama(os.path.join(args.out_dir, "base"))
+    finetune_copy(base, os.path.join(args.out_dir, "sft"), demos, steps=30)
+    prompts = ["what is the color of the sun ?", "say hello", "how many legs has a dog ?", "name a big river",
+               "tell me a short story", "what is two plus two ?", "write a long sentence", "count to three"]  # fmt: skip
+    with open(os.path.join(args.out_dir, "prompts.jsonl"), "w") as f:
+        f.writelines(json.dumps({"input": p}) + "\n" for p in prompts)
+    print(f"wrote {args.out_dir}/base, {args.out_dir}/sft, {args.out_dir}/prompts.jsonl")
+
+
+if __name__ == "__main__":
+    main()

@@ -16,7 +16,7 @@ PAIRS = [  # (prompt, response) of different lengths; the last response is "trun
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_cluster():
     ray.init(**devmode.ray_init_kwargs(num_gpus=2))
     yield

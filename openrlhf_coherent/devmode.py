@@ -1,0 +1,367 @@
+"""CPU development mode: run real, unmodified OpenRLHF 0.11.2 PPO on a machine without CUDA.
+
+Everything here patches OpenRLHF (or torch / DeepSpeed) from the outside; no OpenRLHF code is
+copied. Two layers:
+
+Import stand-ins (`install_import_stand_ins`, applied wherever the real package is missing,
+GPU or not, because OpenRLHF imports these at module import time):
+  - `vllm`: `SamplingParams`, `vllm.inputs.TokensPrompt`, `vllm.utils.random_uuid`, a
+    `__version__` (read by version gates in `create_vllm_engines` and `PolicyModelActor`); any
+    other attribute raises an error that says vLLM is missing.
+  - `flash_attn`: `flash_attn.bert_padding` (`index_first_axis`, `pad_input`, `unpad_input`,
+    `rearrange`, in pure torch) and `flash_attn.utils.distributed.all_gather`, imported by
+    `openrlhf.models.ring_attn_utils`. `flash_attn.ops` stays missing so
+    `models.utils.log_probs_from_logits` takes its ImportError fallback.
+
+Runtime shims (`apply`, only when CUDA is unavailable; each names what it patches):
+  - `torch.cuda.set_device/current_device/synchronize/empty_cache`: OpenRLHF calls them
+    unconditionally; `current_device()` returns the CPU device so `.to(current_device())` works.
+  - `NaiveReplayBuffer.__init__`: its `target_device` is built as `f"cuda:{current_device()}"`.
+  - `deepspeed.comm.torch.build_shm_op`: skip the ~100 s JIT build of DeepSpeed's CPU
+    shared-memory allreduce; gloo does the collectives.
+  - `openrlhf.utils.deepspeed.deepspeed.get_train_ds_config`: ask DeepSpeed for torch's AdamW
+    (`torch_adam`) instead of its CPU FusedAdam, another C++ JIT build.
+  - `openrlhf.trainer.ray.vllm_engine.RolloutRayActor`: `create_vllm_engines` builds
+    `cpu_rollout.CpuRolloutActor` (HF `generate`, OpenRLHF's own executors) instead of vLLM.
+  - `ActorPPOTrainer._init_vllm_sync_group`: no NCCL group to the engines.
+  - `ActorPPOTrainer.broadcast_to_vllm`: ship the (ZeRO-3 gathered) state dict to every CPU
+    engine through the Ray object store.
+  - `openrlhf.utils.utils.convert_to_torch_dtype` accepts "fp32" (and `allow_fp32_param_dtype`
+    adds it to `--ds.param_dtype`'s choices): exact fp32 models for tests; DeepSpeed then enables
+    neither bf16 nor fp16.
+
+Every process needs them: the driver calls `apply()` before `ray.init(**ray_init_kwargs())`,
+whose runtime_env runs `apply` again as each Ray worker's `worker_process_setup_hook`.
+
+Not shimmed: the attention default (flash_attention_2; pass `--ds.attn_implementation eager` or
+`sdpa`), `--ds.enable_sleep` (DeepSpeed state offload needs FusedAdam) and `--train.enable_ema`
+(moves weights to "cuda").
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import sys
+import types
+import uuid
+from dataclasses import dataclass
+from typing import Optional, TypedDict
+
+logger = logging.getLogger(__name__)
+
+_applied = False
+
+# OpenRLHF's own defaults for these (cli/train_ppo_ray.py::train), kept user-overridable.
+_OPENRLHF_ENV_DEFAULTS = {
+    "TOKENIZERS_PARALLELISM": "true",
+    "NCCL_DEBUG": "WARN",
+    "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
+}
+
+
+def cpu_mode() -> bool:
+    """True iff CUDA is unavailable, i.e. the runtime shims are needed."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def apply() -> None:
+    """Install the import stand-ins and, on a machine without CUDA, the runtime shims. Idempotent."""
+    global _applied
+    if _applied:
+        return
+    install_import_stand_ins()
+    _applied = True
+    if not cpu_mode():
+        return
+    logger.warning(
+        "openrlhf_coherent dev mode: CUDA not available, applying CPU shims "
+        "(torch.cuda no-ops, gloo, torch AdamW, HF-generate rollout engine, object-store weight sync)"
+    )
+    _patch_torch_cuda()
+    _patch_replay_buffer_device()
+    _patch_deepspeed_cpu_builds()
+    _patch_rollout_engine()
+    _patch_weight_sync()
+    _patch_fp32_param_dtype()
+
+
+def ray_init_kwargs(num_gpus: int = 8) -> dict:
+    """Keyword arguments for `ray.init()` so OpenRLHF's placement groups and workers run here.
+
+    On CPU: `num_gpus` declared (fake) GPUs, enough CPU slots for one actor per GPU bundle plus
+    the PPO controller, and every worker runs `apply`. With CUDA, workers only get the import
+    stand-ins: calling `torch.cuda.is_available()` at worker start-up would pin the worker's
+    visible devices before Ray sets CUDA_VISIBLE_DEVICES for the actor.
+    """
+    env_vars = {key: os.environ.get(key, default) for key, default in _OPENRLHF_ENV_DEFAULTS.items()}
+    if not cpu_mode():
+        hook = f"{__name__}.install_import_stand_ins"
+        return {"runtime_env": {"worker_process_setup_hook": hook, "env_vars": env_vars}}
+    return {
+        "num_gpus": num_gpus,
+        # OpenRLHF asks 1 CPU per GPU bundle, and 1 for the PPOTrainer actor: oversubscribe
+        # the real cores, the actors mostly take turns.
+        "num_cpus": max(os.cpu_count() or 1, num_gpus + 2),
+        "include_dashboard": False,
+        "runtime_env": {"worker_process_setup_hook": f"{__name__}.apply", "env_vars": env_vars},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Import stand-ins
+# ---------------------------------------------------------------------------------------------
+
+
+def install_import_stand_ins() -> None:
+    """Put import-only `vllm` / `flash_attn` modules in `sys.modules` where the real one is missing."""
+    for name, build in (("vllm", _vllm_stand_in), ("flash_attn", _flash_attn_stand_in)):
+        if name in sys.modules or importlib.util.find_spec(name) is not None:
+            continue
+        sys.modules.update(build())
+
+
+def _stand_in_module(name: str, **attrs) -> types.ModuleType:
+    module = types.ModuleType(name, f"openrlhf_coherent stand-in for `{name}` (the package is not installed)")
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)  # find_spec() needs one
+    module.__dict__.update(attrs)
+
+    def __getattr__(attr):  # PEP 562: a clear message instead of a bare AttributeError
+        raise AttributeError(f"{name}.{attr}: `{name}` is not installed (openrlhf_coherent import stand-in)")
+
+    module.__getattr__ = __getattr__
+    return module
+
+
+@dataclass
+class SamplingParams:
+    """The `vllm.SamplingParams` fields OpenRLHF sets (samples_generator.py), with vLLM's defaults."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_tokens: int = 0
+    max_tokens: Optional[int] = 16
+    skip_special_tokens: bool = True
+    logprobs: Optional[int] = None
+
+
+class TokensPrompt(TypedDict, total=False):
+    prompt_token_ids: list
+    multi_modal_data: dict
+
+
+def _random_uuid() -> str:
+    return uuid.uuid4().hex
+
+
+def _vllm_stand_in() -> dict:
+    # The vLLM release our `gpu` extra pins, so OpenRLHF's version gates (create_vllm_engines,
+    # PolicyModelActor) take the branches they take on a GPU box.
+    version = "0.29.0+openrlhf.coherent.stand.in"
+    return {
+        "vllm": _stand_in_module("vllm", __version__=version, SamplingParams=SamplingParams),
+        "vllm.inputs": _stand_in_module("vllm.inputs", TokensPrompt=TokensPrompt),
+        "vllm.utils": _stand_in_module("vllm.utils", random_uuid=_random_uuid),
+    }
+
+
+def _index_first_axis(x, indices):
+    """Rows `indices` of `x` flattened to (total, ...) (flash_attn.bert_padding.index_first_axis)."""
+    return x[indices]
+
+
+def _unpad_input(hidden_states, attention_mask, unused_mask=None):
+    """(batch, seqlen, ...) -> (total_tokens, ...), indices, cu_seqlens, max_seqlen, used_seqlens.
+
+    Same contract as flash-attn >= 2.7: `unused_mask` marks tokens kept but not attended to.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    all_masks = attention_mask + unused_mask if unused_mask is not None else attention_mask
+    seqlens = all_masks.sum(dim=-1, dtype=torch.int32)
+    used_seqlens = attention_mask.sum(dim=-1, dtype=torch.int32)
+    indices = torch.nonzero(all_masks.flatten(), as_tuple=False).flatten()
+    cu_seqlens = F.pad(torch.cumsum(seqlens, dim=0, dtype=torch.int32), (1, 0))
+    flat = hidden_states.reshape(-1, *hidden_states.shape[2:])
+    return _index_first_axis(flat, indices), indices, cu_seqlens, int(seqlens.max().item()), used_seqlens
+
+
+def _pad_input(hidden_states, indices, batch, seqlen):
+    """Inverse of `_unpad_input`: scatter (total_tokens, ...) back to (batch, seqlen, ...), zeros elsewhere."""
+    import torch
+
+    output = torch.zeros(
+        batch * seqlen, *hidden_states.shape[1:], device=hidden_states.device, dtype=hidden_states.dtype
+    )
+    output[indices] = hidden_states
+    return output.reshape(batch, seqlen, *hidden_states.shape[1:])
+
+
+def _all_gather(input_, process_group):
+    """Concatenate `input_` from every rank along dim 0 (flash_attn.utils.distributed.all_gather)."""
+    import torch
+    import torch.distributed as dist
+
+    world_size = dist.get_world_size(process_group)
+    output = torch.empty(world_size * input_.shape[0], *input_.shape[1:], dtype=input_.dtype, device=input_.device)
+    dist.all_gather_into_tensor(output, input_.contiguous(), group=process_group)
+    return output
+
+
+def _flash_attn_stand_in() -> dict:
+    from einops import rearrange  # flash_attn.bert_padding re-exports einops' rearrange
+
+    return {
+        "flash_attn": _stand_in_module("flash_attn"),
+        "flash_attn.bert_padding": _stand_in_module(
+            "flash_attn.bert_padding",
+            index_first_axis=_index_first_axis,
+            pad_input=_pad_input,
+            unpad_input=_unpad_input,
+            rearrange=rearrange,
+        ),
+        "flash_attn.utils": _stand_in_module("flash_attn.utils"),
+        "flash_attn.utils.distributed": _stand_in_module("flash_attn.utils.distributed", all_gather=_all_gather),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime shims (CPU only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _patch_torch_cuda() -> None:
+    """OpenRLHF calls these unconditionally (launcher, ppo_actor, ppo_critic, deepspeed strategy)."""
+    import torch
+
+    # One function object per name: torch._dynamo's trace rules map each torch.cuda function
+    # object to a single rule and reject an object registered under two names.
+    def set_device(device):
+        pass
+
+    def synchronize(device=None):
+        pass
+
+    def empty_cache():
+        pass
+
+    def current_device():
+        # OpenRLHF moves batches with `.to(torch.cuda.current_device())`: make that the CPU.
+        return torch.device("cpu")
+
+    torch.cuda.set_device = set_device
+    torch.cuda.synchronize = synchronize
+    torch.cuda.empty_cache = empty_cache
+    torch.cuda.current_device = current_device
+
+
+def _patch_replay_buffer_device() -> None:
+    """NaiveReplayBuffer.__init__ builds `torch.device(f"cuda:{current_device()}")`, which the
+    CPU `current_device()` above cannot format; run it with an index, then point it at the CPU."""
+    import torch
+    from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
+
+    original_init = NaiveReplayBuffer.__init__
+
+    @functools.wraps(original_init)
+    def __init__(self, *args, **kwargs):
+        cpu_current_device = torch.cuda.current_device
+        torch.cuda.current_device = lambda: 0
+        try:
+            original_init(self, *args, **kwargs)
+        finally:
+            torch.cuda.current_device = cpu_current_device
+        self.target_device = torch.device("cpu")
+
+    NaiveReplayBuffer.__init__ = __init__
+
+
+def _patch_deepspeed_cpu_builds() -> None:
+    """Avoid DeepSpeed's two C++ JIT builds on its CPU accelerator (about 100 s the first time)."""
+    import openrlhf.utils.deepspeed.deepspeed as ds_strategy
+
+    # TorchBackend.__init__ builds the shared-memory allreduce op; without it gloo does the work.
+    # (sys.modules: the attribute `deepspeed.comm.torch` is the torch package, not this module.)
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+    original = ds_strategy.get_train_ds_config
+
+    @functools.wraps(original)
+    def get_train_ds_config(*args, **kwargs):
+        config = original(*args, **kwargs)
+        # DeepSpeed's engine pops `torch_adam` and then builds torch.optim.AdamW.
+        if config.get("optimizer", {}).get("type") == "AdamW":
+            config["optimizer"]["params"]["torch_adam"] = True
+        return config
+
+    ds_strategy.get_train_ds_config = get_train_ds_config
+
+
+FP32 = "fp32"
+
+
+def _patch_fp32_param_dtype() -> None:
+    """OpenRLHF loads models only in bf16/fp16. On CPU fp32 is exact (tests compare with plain
+    transformers to 1e-5) and not slower; Actor/get_llm_for_sequence_regression look this up at call time."""
+    import torch
+    import openrlhf.utils.utils as openrlhf_utils
+
+    original = openrlhf_utils.convert_to_torch_dtype
+
+    @functools.wraps(original)
+    def convert_to_torch_dtype(param_dtype: str):
+        return torch.float32 if param_dtype == FP32 else original(param_dtype)
+
+    openrlhf_utils.convert_to_torch_dtype = convert_to_torch_dtype
+
+
+def allow_fp32_param_dtype(parser) -> None:
+    """Add "fp32" to `--ds.param_dtype`'s choices (CPU dev mode only: OpenRLHF has no fp32 path on GPUs)."""
+    if not cpu_mode():
+        return
+    for action in parser._actions:
+        if "--ds.param_dtype" in action.option_strings and action.choices and FP32 not in action.choices:
+            action.choices = [*action.choices, FP32]
+
+
+def _patch_rollout_engine() -> None:
+    """`create_vllm_engines` reads the module global `RolloutRayActor` at call time."""
+    from openrlhf.trainer.ray import vllm_engine
+
+    from openrlhf_coherent.cpu_rollout import CpuRolloutActor
+
+    vllm_engine.RolloutRayActor = CpuRolloutActor
+
+
+def _patch_weight_sync() -> None:
+    from openrlhf.trainer.ray.ppo_actor import ActorPPOTrainer
+
+    # Called from ActorPPOTrainer.__init__ to open a vLLM NCCL group; the object store needs none.
+    ActorPPOTrainer._init_vllm_sync_group = lambda self, backend: None
+    ActorPPOTrainer.broadcast_to_vllm = _broadcast_to_cpu_engines
+
+
+def _broadcast_to_cpu_engines(self) -> None:
+    """Stand-in for `ActorPPOTrainer.broadcast_to_vllm`: rank 0 sends the full state dict to every
+    CPU rollout engine through the Ray object store. Under ZeRO-3 all ranks gather first."""
+    import deepspeed
+    import ray
+    import torch.distributed as dist
+
+    model = self.actor.model.module  # the HF model inside the DeepSpeed engine
+    named = list(model.named_parameters())
+    is_rank_0 = dist.get_rank() == 0
+    with deepspeed.zero.GatheredParameters([p for _, p in named], enabled=self.strategy.args.ds.zero_stage == 3):
+        # Clone: a gathered ZeRO-3 buffer is released when the context exits.
+        state = {name: p.data.detach().clone() for name, p in named} if is_rank_0 else None
+    if is_rank_0:
+        state_ref = ray.put(state)
+        ray.get([engine.load_weights.remote(state_ref) for engine in self.vllm_engines])
+    dist.barrier()
