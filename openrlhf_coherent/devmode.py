@@ -79,6 +79,9 @@ def apply() -> None:
     _applied = True
     if not cpu_mode():
         return
+    # On a loaded 2-core machine the raylet can take longer than Ray's default 60 s to register
+    # (seen in CI-like runs with other jobs on the cores); only the driver's ray.init reads this.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
     logger.warning(
         "openrlhf_coherent dev mode: CUDA not available, applying CPU shims "
         "(torch.cuda no-ops, gloo, torch AdamW, HF-generate rollout engine, object-store weight sync)"

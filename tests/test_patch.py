@@ -44,7 +44,7 @@ def test_patch_is_inert_without_a_plugin_name(tmp_path):
     """Stock command lines (a real reward model path) resolve no plugin: behaviour unchanged."""
     site = tmp_path / "site"
     shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
-    subprocess.run(["patch", "-p1", "-q", "-i", PATCH], cwd=site, check=True)
+    subprocess.run(["patch", "-p1", "-s", "-i", PATCH], cwd=site, check=True)
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "from openrlhf.utils.reward_plugins import find_reward_plugin\n"
