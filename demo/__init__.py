@@ -1,0 +1,9 @@
+"""The embedded SRPPO demo: a synthetic list-following world and its non-PPO stages.
+
+world.py        prompts, demonstrations, splits, pretraining corpus and the exact checker
+pretrain.py     word-level tokenizer + tiny Llama "pretrained" from scratch on the corpus (base)
+sft.py          stage 1: OpenRLHF's own train_sft on the demonstrations (CPU dev mode)
+evaluate.py     greedy held-out accuracy (in-domain / out-of-domain) with the checker
+reward_check.py does the coherent reward rank correct responses above wrong ones?
+(the PPO stage and the demo driver live in their own modules here)
+"""
