@@ -158,6 +158,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                         "sft_logp": e.info["coherent_sft_logp"][i].item(),
                         "base_logp": e.info["coherent_base_logp"][i].item(),
                         "truncated": bool(e.truncated[i].item()) if e.truncated is not None else None,
+                        "label": e.labels[i] if i < len(e.labels) else None,
                     }
                     f.write(json.dumps(row) + "\n")
 
