@@ -28,8 +28,8 @@ from demo.sft import SFTConfig, run_sft
 from demo.world import PromptSpec, check, make_world, write_prompts_jsonl
 
 # The recommended SRPPO settings (README, "Reward hacking": chosen from `python -m demo.hacking`).
-RECOMMENDED_GUARD = ["--coherent.sft_logp_floor", "0.5"]
-SRPPO_LR = 1e-4
+RECOMMENDED_GUARD = ["--coherent.aggregate", "mean", "--coherent.sft_logp_floor", "0.5"]
+SRPPO_LR = 5e-5
 METRICS = ("accuracy", "accuracy_in_domain", "accuracy_out_of_domain", "mean_response_tokens", "truncation_rate")
 
 

@@ -21,9 +21,9 @@ from typing import Dict, Optional
 logger = logging.getLogger("openrlhf_coherent")
 
 GUARD_ADVICE = (
-    "try a guard: --reward.stop_properly_penalty_coef <a reward below the usual range, e.g. -20> (truncated "
-    "responses get that reward), --coherent.sft_logp_floor 1.0, --coherent.token_clip 2, or "
-    "--coherent.aggregate mean (README, 'Reward hacking')"
+    "try the recommended guard --coherent.aggregate mean --coherent.sft_logp_floor 0.5, or "
+    "--reward.stop_properly_penalty_coef <a reward below the usual range> (truncated responses get it), "
+    "a lower actor learning rate, or a larger KL coefficient (README, 'Reward hacking')"
 )
 
 
