@@ -35,7 +35,10 @@ GUARDS: Dict[str, List[str]] = {
     "SFT log-lik floor 0.5": ["--coherent.sft_logp_floor", "0.5"],
     "mean + SFT log-lik floor 0.5": ["--coherent.aggregate", "mean", "--coherent.sft_logp_floor", "0.5"],
     "stop properly + SFT log-lik floor 0.5": [
-        "--reward.stop_properly_penalty_coef", "-10", "--coherent.sft_logp_floor", "0.5",
+        "--reward.stop_properly_penalty_coef",
+        "-10",
+        "--coherent.sft_logp_floor",
+        "0.5",
     ],  # fmt: skip
 }
 HACKING_LR = 3e-4

@@ -83,7 +83,9 @@ def main(argv=None) -> dict:
 
     world = make_world(0)
     base = os.path.join(args.out, "base")
-    timer.run("pretrain base", pretrain, base, world=world, seed=0, config=PretrainConfig(steps=60) if args.quick else None)
+    timer.run(
+        "pretrain base", pretrain, base, world=world, seed=0, config=PretrainConfig(steps=60) if args.quick else None
+    )
     prompts = write_prompts_jsonl(os.path.join(args.out, "ppo_prompts.jsonl"), world.ppo_prompts)
     evals: Dict[str, List[dict]] = {"base": [timer.run("eval base", evaluate, base, world.eval_in, world.eval_out)]}
     curves: Dict[str, List[dict]] = {}
@@ -97,16 +99,22 @@ def main(argv=None) -> dict:
         for i, status in enumerate(result.steps):
             status["task_accuracy"] = task[i] if task else status.get("checker_accuracy")
         curves[f"{name}_seed{seed}"] = result.steps
-        evals.setdefault(name, []).append(timer.run(f"eval {name} seed {seed}", evaluate, result.model_path, world.eval_in, world.eval_out))
+        evals.setdefault(name, []).append(
+            timer.run(f"eval {name} seed {seed}", evaluate, result.model_path, world.eval_in, world.eval_out)
+        )
         return out
 
     for seed in seeds:
         sft = os.path.join(args.out, f"sft_seed{seed}")
         timer.run(f"SFT seed {seed}", run_sft, base, world.demos, sft, SFTConfig(epochs=2, seed=seed))
-        evals.setdefault("SFT", []).append(timer.run(f"eval SFT seed {seed}", evaluate, sft, world.eval_in, world.eval_out))
+        evals.setdefault("SFT", []).append(
+            timer.run(f"eval SFT seed {seed}", evaluate, sft, world.eval_in, world.eval_out)
+        )
         ext = os.path.join(args.out, f"sft_extended_seed{seed}")
         timer.run(f"SFT extended seed {seed}", run_sft, base, world.demos, ext, SFTConfig(epochs=6, seed=seed))
-        evals.setdefault("SFT extended", []).append(timer.run(f"eval SFT extended seed {seed}", evaluate, ext, world.eval_in, world.eval_out))
+        evals.setdefault("SFT extended", []).append(
+            timer.run(f"eval SFT extended seed {seed}", evaluate, ext, world.eval_in, world.eval_out)
+        )
         ppo("SRPPO", seed, sft, lambda out: coherent_reward_flags(base, out, RECOMMENDED_GUARD))
         ppo("PPO with checker reward", seed, sft, lambda out: checker_reward_flags())
         if seed == 0 and not args.quick:  # once each: the paper-faithful reward and the token-wise variant

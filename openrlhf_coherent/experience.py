@@ -78,19 +78,12 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         self.floored = 0
         self.last_forward_counts = {"base": len(terms), "sft": sum("sft" in t for t in terms)}
 
-        results = []
-        for samples, t, sft in zip(samples_list, terms, sft_log_probs):
-            results.append(
-                coherent_reward(
-                    sft,
-                    t["base"],
-                    samples.action_mask,
-                    reward_type=self.coherent.reward_type,
-                    aggregate=self.coherent.aggregate,
-                    scale=self.coherent.scale,
-                    token_clip=self.coherent.token_clip,
-                )
-            )
+        c = self.coherent
+        options = dict(reward_type=c.reward_type, aggregate=c.aggregate, scale=c.scale, token_clip=c.token_clip)
+        results = [
+            coherent_reward(sft, t["base"], samples.action_mask, **options)
+            for samples, t, sft in zip(samples_list, terms, sft_log_probs)
+        ]
         if self.coherent.sft_logp_floor is not None:
             self._apply_sft_logp_floor(results)
 
