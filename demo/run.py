@@ -90,9 +90,9 @@ def main(argv=None) -> dict:
     evals: Dict[str, List[dict]] = {"base": [timer.run("eval base", evaluate, base, world.eval_in, world.eval_out)]}
     curves: Dict[str, List[dict]] = {}
 
-    def ppo(name, seed, sft, reward_flags, lr=SRPPO_LR):
+    def ppo(name, seed, sft, reward_flags, estimator="reinforce_baseline"):
         out = os.path.join(args.out, f"{name}_seed{seed}")
-        cfg = PPOConfig(actor_lr=lr, max_samples=16 * steps)
+        cfg = PPOConfig(actor_lr=SRPPO_LR, max_samples=16 * steps, estimator=estimator)
         result = timer.run(f"{name} seed {seed}", run_ppo, sft, prompts, out, reward_flags(out), cfg, seed)
         rollout_log = os.path.join(out, "rollouts.jsonl")
         task = rollout_accuracy(rollout_log) if os.path.exists(rollout_log) else None
@@ -120,7 +120,14 @@ def main(argv=None) -> dict:
         if seed == 0 and not args.quick:  # once each: the paper-faithful reward and the token-wise variant
             ppo("SRPPO unguarded (paper-faithful)", seed, sft, lambda out: coherent_reward_flags(base, out))
             token_wise = ["--coherent.reward_type", "token", *RECOMMENDED_GUARD]
-            ppo("SRPPO token-wise (eq. 8)", seed, sft, lambda out: coherent_reward_flags(base, out, token_wise))
+            # per-token rewards have no per-prompt scalar baseline: plain REINFORCE (whitened returns)
+            ppo(
+                "SRPPO token-wise (eq. 8)",
+                seed,
+                sft,
+                lambda out: coherent_reward_flags(base, out, token_wise),
+                "reinforce",
+            )
 
     results = {
         "seeds": seeds,
@@ -180,13 +187,13 @@ def plot_curves(curves, path) -> None:
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for ax, (key, title) in zip(axes, panels):
-        for name, steps in curves.items():
+        for i, (name, steps) in enumerate(curves.items()):
             points = [(s["step"], s[key]) for s in steps if s.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points), label=name, marker=".")
+            if points:  # one colour per run across panels (not every run has every metric)
+                ax.plot(*zip(*points), label=name, marker=".", color=f"C{i % 10}")
         ax.set_title(title)
         ax.set_xlabel("PPO step")
-    axes[0].legend(fontsize=6)
+    axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # the only panel with every run
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
