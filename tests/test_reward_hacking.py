@@ -7,7 +7,7 @@ from demo.hacking import HACKING_LR, prepare_models
 from demo.ppo import PPOConfig, coherent_reward_flags, run_ppo
 from demo.run import RECOMMENDED_GUARD
 
-STEPS = 6
+STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,9 @@ def test_unguarded_coherent_reward_is_hacked_and_the_alarm_fires(hack_world, tmp
     first, last, steps = run(hack_world, tmp_path, [])
     assert last["coherent/reward_mean"] > first["coherent/reward_mean"] + 5
     assert last["coherent/response_length_mean"] > first["coherent/response_length_mean"] + 5
-    assert first["coherent/eos_rate"] > 0.9 and last["coherent/eos_rate"] < 0.6
+    assert first["coherent/eos_rate"] > 0.9 and last["coherent/eos_rate"] < first["coherent/eos_rate"] - 0.25
     assert last["coherent/sft_logp_per_token"] < first["coherent/sft_logp_per_token"] - 0.3
-    assert last["coherent/hacking_alarm"] == 1.0
+    assert max(s["coherent/hacking_alarm"] for s in steps) == 1.0
 
 
 def test_recommended_guard_keeps_sft_behaviour_and_the_alarm_silent(hack_world, tmp_path):
