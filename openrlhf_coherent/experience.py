@@ -27,11 +27,6 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
 from .reward import coherent_reward
 
-# Per-sample diagnostics attached to experience.info. OpenRLHF's actor averages every info tensor
-# into its training status, so they are logged next to its own metrics; the trainer also logs
-# rollout-level statistics of them (coherent/*).
-INFO_KEYS = ("coherent_reward", "coherent_sft_logp", "coherent_base_logp", "coherent_log_ratio")
-
 
 class CoherentExperienceMaker(RemoteExperienceMaker):
     def __init__(self, *args, **kwargs):
@@ -94,6 +89,8 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             else:
                 logged_reward = result.reward
             samples.rewards = result.reward
+            # Per-sample diagnostics: OpenRLHF's actor averages every info tensor into its training
+            # status (logged next to its own metrics); the trainer logs rollout-level coherent/* stats.
             samples.info["reward"] = logged_reward
             samples.info["coherent_reward"] = logged_reward
             samples.info["coherent_sft_logp"] = result.sft_log_prob
