@@ -4,10 +4,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test demo demo-quick clean
+.PHONY: venv bench-venv test demo demo-quick clean
 
 venv:
 	bash scripts/install_cpu.sh
+
+bench-venv: venv
+	$(PY) -m pip install --quiet -r requirements/bench.txt
 
 test: venv
 	$(PY) -m pytest -q tests

