@@ -28,6 +28,7 @@ setup(
         "ray[default]==2.55.0",
         "transformers==5.15.0",
         "torch",
+        "pyyaml>=6",  # the recipe configs (openrlhf_coherent/recipe)
     ],
     extras_require={
         "gpu": [f"openrlhf[vllm]==0.11.2", "vllm==0.29.0", "flash-attn==2.8.3"],

@@ -122,9 +122,33 @@ def finetune_copy(src: str, dst: str, texts: Iterable[str], *, steps: int = 20, 
     return dst
 
 
+# Prompt/response demonstrations in OpenRLHF's SFT format (`--data.input_key input
+# --data.output_key output --data.apply_chat_template`): stage 1 of the tiny recipe trains on them.
+DEMONSTRATIONS = [
+    ("what is the color of the sun ?", "the sun is yellow ."),
+    ("say hello", "hello !"),
+    ("how many legs has a dog ?", "a dog has four ."),
+    ("name a big river", "the big river is blue ."),
+    ("what is two plus two ?", "two plus two is four ."),
+    ("count to three", "one , two , three ."),
+    ("tell me a short story", "a cat and a dog are happy ."),
+    ("name a color", "the color is green ."),
+]
+
+
+def write_demonstrations(path: str) -> str:
+    """Write DEMONSTRATIONS as JSONL rows {"input", "output"} to `path`. Returns `path`."""
+    import json
+
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"input": p, "output": r}) + "\n" for p, r in DEMONSTRATIONS)
+    return path
+
+
 def main(argv=None) -> None:
-    """`python -m openrlhf_coherent.tiny_models OUT_DIR`: write OUT_DIR/base, OUT_DIR/sft and
-    OUT_DIR/prompts.jsonl, the smallest inputs an SRPPO command line can run on (CPU examples)."""
+    """`python -m openrlhf_coherent.tiny_models OUT_DIR`: write OUT_DIR/base, OUT_DIR/sft,
+    OUT_DIR/prompts.jsonl and OUT_DIR/demos.jsonl, the smallest inputs an SRPPO command line (or the
+    whole recipe, examples/configs/tiny_cpu.yaml) can run on (CPU examples)."""
     import argparse
     import json
 
@@ -143,7 +167,8 @@ def main(argv=None) -> None:
                "tell me a short story", "what is two plus two ?", "write a long sentence", "count to three"]  # fmt: skip
     with open(os.path.join(args.out_dir, "prompts.jsonl"), "w") as f:
         f.writelines(json.dumps({"input": p}) + "\n" for p in prompts)
-    print(f"wrote {args.out_dir}/base, {args.out_dir}/sft, {args.out_dir}/prompts.jsonl")
+    write_demonstrations(os.path.join(args.out_dir, "demos.jsonl"))
+    print(f"wrote {args.out_dir}/base, {args.out_dir}/sft, {args.out_dir}/prompts.jsonl, {args.out_dir}/demos.jsonl")
 
 
 if __name__ == "__main__":
