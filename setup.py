@@ -20,6 +20,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["openrlhf_coherent", "openrlhf_coherent.*"]),
     include_package_data=True,
+    # the recipe ships sitecustomize.py; SRPO ships the paper's prompt templates
+    package_data={"openrlhf_coherent": ["templates/srpo/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         OPENRLHF,
