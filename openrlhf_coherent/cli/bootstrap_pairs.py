@@ -7,7 +7,8 @@
 
 For each prompt: sample --num_samples distinct responses from --policy_model (HF generate; vLLM
 when installed on a GPU machine, unverified), score each with the reward (implicit: policy vs
-reference; coherent: SFT vs base), and pair the best with the worst; margin = r(best) - r(worst).
+reference; coherent: SFT vs base; with --ensemble_model, SeRA's eq. 7 round reward), and pair
+the best with the worst; margin = r(best) - r(worst).
 Every prompt's samples, rewards and pair go to --candidates (append-only, resumable; default
 <output>.candidates.jsonl); the pairs with the largest margins then go to --output whole, as
 `prompt`, `chosen`, `rejected` (chat messages with --apply_chat_template, text otherwise),
@@ -27,6 +28,7 @@ from openrlhf_coherent.evaluator.common import (
     check_args,
     check_model_pair,
     check_selection,
+    ensemble_kwargs,
     print_summary,
     report_bad_rows,
     reward_models,
@@ -139,7 +141,7 @@ def run(args) -> None:
             with ray_session(args.num_actors), ScorerPool(
                 args.num_actors, numerator[0], denominator[0], batch_tokens=args.batch_tokens,
                 trust_remote_code=args.trust_remote_code, sampler=sampler, max_len=args.max_len,
-                vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+                vllm_gpu_memory_utilization=args.vllm_gpu_memory_utilization, **ensemble_kwargs(args),
             ) as pool:  # fmt: skip
                 for start in range(0, len(prompts), PROMPTS_PER_ROUND):
                     chunk = prompts[start : start + PROMPTS_PER_ROUND]
@@ -155,7 +157,8 @@ def run(args) -> None:
         "bootstrap-pairs",
         {"already_done": already, "prompts": len(prompts), "skipped_bad_rows": len(bad), "bad_lines": [e.line for e in bad],
          "without_pair_this_run": no_pair, "pairs": len(pairs), "kept": len(kept),
-         "min_kept_margin": min((p["margin"] for p in kept), default=None), "reward": args.reward},
+         "min_kept_margin": min((p["margin"] for p in kept), default=None), "reward": args.reward,
+         "ensemble_model": args.ensemble_model},
     )  # fmt: skip
 
 

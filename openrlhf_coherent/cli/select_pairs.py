@@ -5,6 +5,9 @@
         --input prefs.jsonl --output selected.jsonl --apply_chat_template --top_fraction 0.7
     # or the coherent reward (SFT vs base) as the judge
     python -m openrlhf_coherent.cli.select_pairs --reward coherent --sft_model SFT --base_model BASE ...
+    # SeRA eq. 7 round reward at round t >= 3: policy theta_{t-1}, ref theta_{t-2}, ensemble theta_{t-3}
+    python -m openrlhf_coherent.cli.select_pairs --reward implicit --policy_model T1 --ref_model T2 \
+        --ensemble_model T3 --ensemble_gamma 0.3 ...
 
 margin = r(prompt, chosen) - r(prompt, rejected), with r = log p_num(y|x) - log p_den(y|x) summed
 (or, --aggregate mean, averaged) over response tokens. Both responses of every pair are first
@@ -23,6 +26,7 @@ from openrlhf_coherent.evaluator.common import (
     add_reward_model_args,
     add_selection_args,
     check_selection,
+    ensemble_kwargs,
     print_summary,
     reward_models,
     run_cli,
@@ -76,7 +80,8 @@ def run(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(numerator, trust_remote_code=args.trust_remote_code)
     make_job = row_to_job(tokenizer, text_format(args), [args.chosen_key, args.rejected_key], args.max_len)
     scores = args.scores or args.output + ".scored.jsonl"
-    summary = score_file(args, scores, make_job, [ScoringRound(numerator, denominator)], scored_pair)
+    models = ScoringRound(numerator, denominator, actor_kwargs=ensemble_kwargs(args))
+    summary = score_file(args, scores, make_job, [models], scored_pair)
 
     rows = [with_margin(r, args.aggregate) for r in read_rows(scores)]
     kept = select(rows, "margin", args)
@@ -86,7 +91,7 @@ def run(args) -> None:
         "select-pairs",
         {**summary, "pairs": len(rows), "negative_margin": len(negative), "negative_margin_lines": negative[:100],
          "kept": len(kept), "min_kept_margin": min((r["margin"] for r in kept), default=None),
-         "reward": args.reward, "aggregate": args.aggregate},
+         "reward": args.reward, "aggregate": args.aggregate, "ensemble_model": args.ensemble_model},
     )  # fmt: skip
 
 

@@ -6,6 +6,10 @@ The same computation serves both rewards the tools use, with different models:
 It can also hold a sampler (the policy, for bootstrap-pairs); when the sampler is the numerator
 model, the weights are shared rather than loaded twice.
 
+With an `ensemble` model (a third, older policy) the reward is SeRA's eq. 7 round reward,
+  r = (1 - gamma) * log(pi_num / pi_den) + gamma * log(pi_den / pi_ensemble),
+i.e. numerator = theta_{t-1}, denominator = theta_{t-2}, ensemble = theta_{t-3} (`ensemble_reward`).
+
 Each actor asks for one GPU, so N actors spread over N GPUs on a cluster; on CPU the dev mode
 declares fake GPUs and the actors split the cores. Models run in bf16 on CUDA and fp32 on CPU
 (CPU bf16 matmuls are slower and no more faithful); log-probs are fp32 either way (scoring.py).
@@ -23,6 +27,12 @@ from openrlhf_coherent.reward import coherent_reward
 from openrlhf_coherent.scoring import response_log_probs
 
 from .sampling import VllmSampler, hf_sample, real_vllm_available
+
+
+def ensemble_reward(recent: torch.Tensor, older: torch.Tensor, gamma: float) -> torch.Tensor:
+    """SeRA eq. 7: (1 - gamma) * log(pi_{t-1}/pi_{t-2}) + gamma * log(pi_{t-2}/pi_{t-3}), from the
+    two summed implicit rewards. Averaging two rounds' rewards damps a bias one round picked up."""
+    return (1 - gamma) * recent + gamma * older
 
 
 def load_model(path: str, trust_remote_code: bool):
@@ -51,6 +61,8 @@ class PairScorer:
         sampler: Optional[str] = None,
         vllm_gpu_memory_utilization: float = 0.5,
         max_len: Optional[int] = None,
+        ensemble: Optional[str] = None,
+        ensemble_gamma: float = 0.0,
     ):
         from transformers import AutoTokenizer
 
@@ -62,6 +74,11 @@ class PairScorer:
         self.eos_ids = [tokenizer.eos_token_id]
         self.numerator = load_model(numerator, trust_remote_code)
         self.denominator = self.numerator if denominator == numerator else load_model(denominator, trust_remote_code)
+        loaded = {numerator: self.numerator, denominator: self.denominator}
+        self.ensemble = None
+        if ensemble is not None:
+            self.ensemble = loaded[ensemble] if ensemble in loaded else load_model(ensemble, trust_remote_code)
+        self.ensemble_gamma = ensemble_gamma
         self.draw = None  # f(prompt_ids, **sampling kwargs) -> distinct samples
         if sampler is not None and real_vllm_available():
             self.draw = VllmSampler(
@@ -82,12 +99,18 @@ class PairScorer:
         pad = torch.nn.utils.rnn.pad_sequence
         mask = pad([torch.ones(len(x), dtype=torch.bool) for x in num], batch_first=True)
         r = coherent_reward(pad(num, batch_first=True), pad(den, batch_first=True), mask)
-        return {
+        out = {
             "reward": r.reward.tolist(),
             "numerator_logp": r.sft_log_prob.tolist(),
             "denominator_logp": r.base_log_prob.tolist(),
             "length": r.length.int().tolist(),
         }
+        if self.ensemble is not None:
+            ens = response_log_probs(self.ensemble, pairs, **kwargs)
+            older = coherent_reward(pad(den, batch_first=True), pad(ens, batch_first=True), mask)
+            out["reward"] = ensemble_reward(r.reward, older.reward, self.ensemble_gamma).tolist()
+            out["ensemble_logp"] = older.base_log_prob.tolist()
+        return out
 
     def sample(self, prompts: Sequence[Tuple[int, List[int]]], **kwargs) -> List[List[List[int]]]:
         """Distinct responses for each (seed, prompt_ids); see sampling.hf_sample for kwargs."""

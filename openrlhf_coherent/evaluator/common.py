@@ -73,6 +73,13 @@ def add_reward_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--policy_model", help="Policy model (--reward implicit; bootstrap-pairs samples from it)")
     group.add_argument("--ref_model", help="Reference model (--reward implicit)")
     group.add_argument("--aggregate", default="sum", choices=["sum", "mean"], help="Reward per response: sum (paper) or per-token mean")
+    group.add_argument(
+        "--ensemble_model",
+        default=None,
+        help="--reward implicit only: an older policy theta_{t-3} for SeRA's eq. 7 round reward "
+        "(1-g) log(pi_policy/pi_ref) + g log(pi_ref/pi_ensemble), with policy = theta_{t-1}, ref = theta_{t-2}",
+    )
+    group.add_argument("--ensemble_gamma", type=float, default=0.3, help="g in eq. 7 (SeRA: 0.3); only with --ensemble_model")
 
 
 def reward_models(args) -> Tuple[Tuple[str, str], Tuple[str, str]]:
@@ -83,7 +90,20 @@ def reward_models(args) -> Tuple[Tuple[str, str], Tuple[str, str]]:
         if not path:
             raise ConfigError(f"--reward {args.reward} needs {flag}")
     check_model_pair(pair[0], pair[1], args.trust_remote_code)
+    if getattr(args, "ensemble_model", None):
+        if args.reward != "implicit":
+            raise ConfigError("--ensemble_model (SeRA eq. 7) needs --reward implicit")
+        if not 0 <= args.ensemble_gamma <= 1:
+            raise ConfigError(f"--ensemble_gamma must be in [0, 1], got {args.ensemble_gamma}")
+        check_model_pair(pair[1], (args.ensemble_model, "--ensemble_model"), args.trust_remote_code)
     return pair
+
+
+def ensemble_kwargs(args) -> Dict:
+    """PairScorer keyword arguments for SeRA's eq. 7 round reward (empty without --ensemble_model)."""
+    if not getattr(args, "ensemble_model", None):
+        return {}
+    return {"ensemble": args.ensemble_model, "ensemble_gamma": args.ensemble_gamma}
 
 
 def add_selection_args(parser: argparse.ArgumentParser, what: str) -> None:

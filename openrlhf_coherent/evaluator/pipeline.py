@@ -26,6 +26,7 @@ class ScoringRound:
     takes: Callable[[Job], bool] = lambda job: True
     extra: Dict = field(default_factory=dict)  # fields added to every row this round writes
     desc: str = "scoring"
+    actor_kwargs: Dict = field(default_factory=dict)  # e.g. SeRA eq. 7's ensemble model
 
 
 def score_file(
@@ -52,7 +53,7 @@ def score_file(
                 for r, round_jobs in todo:
                     with ScorerPool(
                         args.num_actors, r.numerator, r.denominator,
-                        batch_tokens=args.batch_tokens, trust_remote_code=args.trust_remote_code,
+                        batch_tokens=args.batch_tokens, trust_remote_code=args.trust_remote_code, **r.actor_kwargs,
                     ) as pool:  # fmt: skip
                         write = lambda job, s, extra=r.extra: stream.write({**to_row(job, s), **extra})  # noqa: E731
                         pool.score(round_jobs, write, r.desc)

@@ -1,0 +1,122 @@
+"""`python -m openrlhf_coherent.cli.train_dpo`: OpenRLHF's train_dpo with a choice of preference loss.
+
+    python -m openrlhf_coherent.cli.train_dpo <every openrlhf train_dpo flag> --dpo.loss dpo|ipo|slic|simpo
+    deepspeed --module openrlhf_coherent.cli.train_dpo ...            # several GPUs, as with train_dpo
+
+This runs OpenRLHF 0.11.2's own `openrlhf.cli.train_dpo` module as `__main__` (its parser, its
+checks, its `train()`, its `DPOTrainer` loop) with one class swapped: `DPOTrainer` becomes a
+subclass whose `loss_fn` is the chosen loss (`openrlhf_coherent/losses.py`). Nothing else changes.
+
+  --dpo.loss dpo | ipo   OpenRLHF's own DPOLoss (ipo = its `--model.ipo_enable` path)
+  --dpo.loss slic        SLiC-HF hinge on the implicit reward margin (SeRA eq. 8), margin 1/beta
+  --dpo.loss simpo       SimPO: length-averaged log-probs, no reference (its forward is skipped;
+                         train_dpo still loads the reference model), margin --dpo.simpo_gamma
+  (no --dpo.loss)        stock train_dpo, untouched
+
+`--model.beta` is every loss's beta. Without CUDA the CPU dev mode is applied and attention
+defaults to `eager`; a single process without a launcher gets the torch.distributed
+environment of a one-rank job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import socket
+import sys
+from typing import Optional, Sequence
+
+from openrlhf_coherent import devmode
+from openrlhf_coherent.config import ConfigError
+from openrlhf_coherent.losses import LOSSES, make_loss
+
+OPENRLHF_CLI = "openrlhf.cli.train_dpo"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m openrlhf_coherent.cli.train_dpo", add_help=False)
+    p.add_argument("--dpo.loss", dest="loss", choices=LOSSES, default=None, help="Preference loss (default: stock)")
+    p.add_argument("--dpo.simpo_gamma", dest="simpo_gamma", type=float, default=None, help="SimPO's margin (default 0)")
+    return p
+
+
+def split_args(argv: Sequence[str]):
+    """(our options, the rest for OpenRLHF's parser), checked."""
+    ours, rest = parser().parse_known_args(argv)
+    if ours.simpo_gamma is not None and ours.loss != "simpo":
+        raise ConfigError("--dpo.simpo_gamma is SimPO's margin: pass it with --dpo.loss simpo")
+    if ours.loss not in (None, "dpo", "ipo") and ("--model.ipo_enable" in rest or "--model.label_smoothing" in rest):
+        raise ConfigError(f"--dpo.loss {ours.loss} does not use --model.ipo_enable / --model.label_smoothing")
+    if ours.loss == "dpo" and "--model.ipo_enable" in rest:
+        raise ConfigError("--dpo.loss dpo contradicts --model.ipo_enable (use --dpo.loss ipo)")
+    return ours, rest
+
+
+def trainer_class(loss: str, simpo_gamma: Optional[float]):
+    """OpenRLHF's DPOTrainer with `loss_fn` replaced; for SimPO it also hands the loss per-token
+    mean log-probs (the trainer computes them next to the sums) and skips the reference forward."""
+    import torch
+    from openrlhf.trainer.dpo_trainer import DPOTrainer
+
+    class PreferenceLossTrainer(DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.loss_fn = make_loss(
+                loss, self.beta, label_smoothing=self.args.model.label_smoothing, simpo_gamma=simpo_gamma or 0.0
+            )
+
+        def _get_batch_logps(self, per_token_logps, attention_mask, prompt_id_lens):
+            sums, means = super()._get_batch_logps(per_token_logps, attention_mask, prompt_id_lens)
+            return (means, means) if loss == "simpo" else (sums, means)
+
+        def concatenated_forward(self, model, chosen_ids, c_mask, reject_ids, r_mask, prompt_id_lens):
+            if loss == "simpo" and model is self.ref_model:
+                zeros = torch.zeros(chosen_ids.shape[0], device=chosen_ids.device)
+                return zeros, zeros, [], 0  # SimPO has no reference term
+            return super().concatenated_forward(model, chosen_ids, c_mask, reject_ids, r_mask, prompt_id_lens)
+
+    PreferenceLossTrainer.__name__ = f"DPOTrainer[{loss}]"
+    return PreferenceLossTrainer
+
+
+def _single_process_env() -> None:
+    """train_dpo calls deepspeed.init_distributed(); without a launcher, make it a one-rank job."""
+    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        ours, rest = split_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
+        return 2
+    if "-h" in rest or "--help" in rest:  # OpenRLHF's parser prints its own flags after ours
+        print(parser().format_help().replace("usage:", "openrlhf_coherent flags, then OpenRLHF's train_dpo usage:", 1))
+    devmode.apply()  # import stand-ins; CPU shims only without CUDA
+    _single_process_env()
+    if devmode.cpu_mode() and "--ds.attn_implementation" not in rest:
+        rest = [*rest, "--ds.attn_implementation", "eager"]  # OpenRLHF's default, flash-attn, needs CUDA
+    import openrlhf.trainer.dpo_trainer as dpo_trainer
+
+    original = dpo_trainer.DPOTrainer
+    if ours.loss is not None:
+        # train_dpo does `from openrlhf.trainer.dpo_trainer import DPOTrainer` when it runs, so it
+        # picks up the subclass set here.
+        dpo_trainer.DPOTrainer = trainer_class(ours.loss, ours.simpo_gamma)
+        print(f"[openrlhf_coherent] train_dpo: --dpo.loss {ours.loss} ({dpo_trainer.DPOTrainer.__name__})", flush=True)
+    sys.argv = [OPENRLHF_CLI, *rest]
+    try:
+        runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
+    finally:
+        dpo_trainer.DPOTrainer = original
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
