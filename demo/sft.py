@@ -2,8 +2,8 @@
 
 Runs the stock `python -m openrlhf.cli.train_sft` in a subprocess (its `SFTDataset` with
 `--data.apply_chat_template`, input/output JSONL from `demo.world.write_sft_jsonl`, DeepSpeed
-ZeRO, bf16). On a machine without CUDA the subprocess gets a temporary directory on PYTHONPATH
-holding `sitecustomize.py` that applies `openrlhf_coherent.devmode` (import stand-ins for vLLM /
+ZeRO, bf16). On a machine without CUDA the subprocess gets `openrlhf_coherent/cpu_site` on its
+PYTHONPATH, whose `sitecustomize.py` applies `openrlhf_coherent.devmode` (import stand-ins for vLLM /
 flash-attn, torch.cuda no-ops, torch AdamW instead of DeepSpeed's JIT-built CPU Adam), and
 `--ds.attn_implementation eager`. Nothing else is patched for train_sft.
 
@@ -25,8 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-SITECUSTOMIZE = "from openrlhf_coherent import devmode\ndevmode.apply()\n"
-
+from openrlhf_coherent.launch import single_process_env, with_cpu_site
 
 @dataclass
 class SFTConfig:
@@ -42,15 +41,6 @@ class SFTConfig:
     warmup_ratio: float = 0.03
     seed: int = 42
     threads: int = 2
-
-
-def _free_port() -> int:
-    """A TCP port free right now (other runs on this machine may hold 29500)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sft_command(base: str, data: str, out: str, cfg: SFTConfig) -> list:
@@ -101,19 +91,10 @@ def run_sft(
             TOKENIZERS_PARALLELISM="false",
             OMP_NUM_THREADS=str(cfg.threads),
             # train_sft calls deepspeed.init_distributed(): one local process, no launcher.
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(_free_port()),
-            RANK="0",
-            LOCAL_RANK="0",
-            WORLD_SIZE="1",
-            LOCAL_WORLD_SIZE="1",
+            **single_process_env(),
         )
         if not torch.cuda.is_available():
-            site = os.path.join(tmp, "site")
-            os.makedirs(site)
-            with open(os.path.join(site, "sitecustomize.py"), "w") as f:
-                f.write(SITECUSTOMIZE)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
+            env["PYTHONPATH"] = with_cpu_site(env.get("PYTHONPATH"))
         cmd = sft_command(base, data, out, cfg)
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)

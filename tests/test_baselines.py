@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from openrlhf_coherent.cli import spin_pairs, srppo
+from openrlhf_coherent.cli import spin_pairs
 from test_recipe import CONFIGS, REPO, TINY, assert_paper_ppo, dry_run
 
 BASELINES = os.path.join(CONFIGS, "baselines")

@@ -18,6 +18,7 @@ import ray
 from conftest import plain_coherent_reward, plain_log_probs
 from openrlhf_coherent import devmode
 from openrlhf_coherent.config import ConfigError
+from openrlhf_coherent.launch import single_process_env, with_cpu_site
 from openrlhf_coherent.scoring import plan_batches, response_log_probs
 
 TOL = 1e-4
@@ -282,11 +283,7 @@ def test_bootstrap_pairs_feed_openrlhf_train_dpo(ray_cluster, tiny_models, tmp_p
     assert sorted(r["margin"] for r in rows) == pytest.approx(sorted(all_margins[:2]))
 
     # Stock OpenRLHF DPO, one step on these pairs, CPU dev mode active through sitecustomize.
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text("from openrlhf_coherent import devmode\ndevmode.apply()\n")
-    env = dict(os.environ, PYTHONPATH=str(site), TOKENIZERS_PARALLELISM="false", RANK="0", LOCAL_RANK="0",
-               WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")  # fmt: skip
+    env = dict(os.environ, **single_process_env(), PYTHONPATH=with_cpu_site(None), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, "-m", "openrlhf.cli.train_dpo", "--model.model_name_or_path", sft,
          "--data.dataset", str(out), "--data.prompt_key", "prompt", "--data.chosen_key", "chosen",

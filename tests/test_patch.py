@@ -8,6 +8,7 @@ import sys
 
 import openrlhf
 
+from openrlhf_coherent.launch import with_cpu_site
 from srppo_helpers import check_rewards_match_independent_computation, step_logs, tiny_srppo_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,13 +22,12 @@ def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path
     applied = subprocess.run(["patch", "-p1", "-i", PATCH], cwd=site, capture_output=True, text=True)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "FAILED" not in applied.stdout and "offset" not in applied.stdout.lower(), applied.stdout
-    # CPU only: the dev mode must be active before the stock CLI imports vLLM (see patches/README.md).
-    (site / "sitecustomize.py").write_text("from openrlhf_coherent import devmode\ndevmode.apply()\n")
 
     out = tmp_path / "run"
     out.mkdir()
     argv = tiny_srppo_argv(sft, base, prompt_file, str(out), "--critic.model_name_or_path", sft)
-    env = dict(os.environ, PYTHONPATH=str(site), TOKENIZERS_PARALLELISM="false")
+    # CPU only: the dev mode must be active before the stock CLI imports vLLM (see patches/README.md).
+    env = dict(os.environ, PYTHONPATH=with_cpu_site(str(site)), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, "-m", "openrlhf.cli.train_ppo_ray", *argv],
         cwd=tmp_path, capture_output=True, text=True, timeout=420, env=env,

@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,8 @@ from typing import Dict, List, Optional, Sequence
 
 from openrlhf_coherent.recipe import resume
 from openrlhf_coherent.recipe.config import RecipeConfig, RecipeConfigError, load_config
-from openrlhf_coherent.recipe.stages import CPU_SITE, Stage, build_stages, cuda_available, is_local, select_stages
+from openrlhf_coherent.launch import single_process_env, with_cpu_site
+from openrlhf_coherent.recipe.stages import Stage, build_stages, cuda_available, is_local, select_stages
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,21 +46,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def stage_env(stage: Stage, cuda: bool) -> Dict[str, str]:
     """Environment added for one stage. A DeepSpeed CLI started as one plain process (no launcher)
     needs torch.distributed's rendezvous variables; without CUDA also the CPU dev mode."""
     if not stage.single_process_distributed:
         return {}
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",
-           "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}  # fmt: skip
+    env = single_process_env()
     if not cuda:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (CPU_SITE, os.environ.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = with_cpu_site(os.environ.get("PYTHONPATH"))
     return env
 
 

@@ -21,13 +21,13 @@ environment of a one-rank job.
 from __future__ import annotations
 
 import argparse
-import os
 import runpy
-import socket
 import sys
 from typing import Optional, Sequence
 
 from openrlhf_coherent import devmode
+from openrlhf_coherent.cli.runpy_hooks import replaced
+from openrlhf_coherent.launch import make_single_process
 from openrlhf_coherent.config import ConfigError
 from openrlhf_coherent.losses import LOSSES, make_loss
 
@@ -80,15 +80,6 @@ def trainer_class(loss: str, simpo_gamma: Optional[float]):
     return PreferenceLossTrainer
 
 
-def _single_process_env() -> None:
-    """train_dpo calls deepspeed.init_distributed(); without a launcher, make it a one-rank job."""
-    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
@@ -99,22 +90,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "-h" in rest or "--help" in rest:  # OpenRLHF's parser prints its own flags after ours
         print(parser().format_help().replace("usage:", "openrlhf_coherent flags, then OpenRLHF's train_dpo usage:", 1))
     devmode.apply()  # import stand-ins; CPU shims only without CUDA
-    _single_process_env()
+    make_single_process()
     if devmode.cpu_mode() and "--ds.attn_implementation" not in rest:
         rest = [*rest, "--ds.attn_implementation", "eager"]  # OpenRLHF's default, flash-attn, needs CUDA
     import openrlhf.trainer.dpo_trainer as dpo_trainer
 
-    original = dpo_trainer.DPOTrainer
+    trainer = dpo_trainer.DPOTrainer
     if ours.loss is not None:
         # train_dpo does `from openrlhf.trainer.dpo_trainer import DPOTrainer` when it runs, so it
         # picks up the subclass set here.
-        dpo_trainer.DPOTrainer = trainer_class(ours.loss, ours.simpo_gamma)
-        print(f"[openrlhf_coherent] train_dpo: --dpo.loss {ours.loss} ({dpo_trainer.DPOTrainer.__name__})", flush=True)
+        trainer = trainer_class(ours.loss, ours.simpo_gamma)
+        print(f"[openrlhf_coherent] train_dpo: --dpo.loss {ours.loss} ({trainer.__name__})", flush=True)
     sys.argv = [OPENRLHF_CLI, *rest]
-    try:
+    with replaced(dpo_trainer, "DPOTrainer", trainer):
         runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
-    finally:
-        dpo_trainer.DPOTrainer = original
     return 0
 
 

@@ -26,20 +26,11 @@ import runpy
 import sys
 from typing import Iterator, Optional, Sequence
 
+from openrlhf_coherent.cli.runpy_hooks import replaced
 from openrlhf_coherent import config, devmode
 from openrlhf_coherent.plugin import CoherentRewardPlugin
 
 OPENRLHF_CLI = "openrlhf.cli.train_ppo_ray"
-
-
-@contextlib.contextmanager
-def _replaced(owner, name: str, value) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
 
 
 @contextlib.contextmanager
@@ -68,12 +59,12 @@ def plugin_installed(plugin: CoherentRewardPlugin, coherent: bool) -> Iterator[N
         return original_ray_init(*args, **plugin.ray_init_kwargs(kwargs))
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_replaced(argparse.ArgumentParser, "parse_args", parse_args))
-        stack.enter_context(_replaced(openrlhf_config, "hierarchize", hierarchize))
-        stack.enter_context(_replaced(ray, "init", ray_init))
+        stack.enter_context(replaced(argparse.ArgumentParser, "parse_args", parse_args))
+        stack.enter_context(replaced(openrlhf_config, "hierarchize", hierarchize))
+        stack.enter_context(replaced(ray, "init", ray_init))
         if coherent:
-            stack.enter_context(_replaced(launcher, "RewardModelActor", plugin.reward_actor_class))
-            stack.enter_context(_replaced(ppo_trainer, "PPOTrainer", plugin.trainer_class))
+            stack.enter_context(replaced(launcher, "RewardModelActor", plugin.reward_actor_class))
+            stack.enter_context(replaced(ppo_trainer, "PPOTrainer", plugin.trainer_class))
         yield
 
 

@@ -26,11 +26,12 @@ import argparse
 import contextlib
 import os
 import runpy
-import socket
 import sys
 from typing import Iterator, Optional, Sequence
 
+from openrlhf_coherent.cli.runpy_hooks import replaced
 from openrlhf_coherent import config, devmode
+from openrlhf_coherent.launch import make_single_process
 from openrlhf_coherent.config import ConfigError
 
 OPENRLHF_CLI = "openrlhf.cli.train_dpo"
@@ -84,16 +85,6 @@ def validate(args, argv: Sequence[str]) -> None:
                 check_jsonl(path, flag, keys, bool(data.apply_chat_template))
 
 
-@contextlib.contextmanager
-def _replaced(owner, name: str, value) -> Iterator[None]:
-    original = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
-
-
 class _Parsed(Exception):
     def __init__(self, args):
         self.parsed = args
@@ -124,23 +115,11 @@ def srpo_installed(argv: Sequence[str], parse_only: bool = False) -> Iterator[No
         return args
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_replaced(argparse.ArgumentParser, "parse_args", parse_args))
-        stack.enter_context(_replaced(openrlhf_config, "hierarchize", hierarchize))
-        stack.enter_context(_replaced(openrlhf.datasets, "RewardDataset", SRPODataset))
-        stack.enter_context(_replaced(dpo_trainer, "DPOTrainer", SRPOTrainer))
+        stack.enter_context(replaced(argparse.ArgumentParser, "parse_args", parse_args))
+        stack.enter_context(replaced(openrlhf_config, "hierarchize", hierarchize))
+        stack.enter_context(replaced(openrlhf.datasets, "RewardDataset", SRPODataset))
+        stack.enter_context(replaced(dpo_trainer, "DPOTrainer", SRPOTrainer))
         yield
-
-
-def _single_process_env() -> None:
-    """train_dpo calls deepspeed.init_distributed(): without a launcher, one local process."""
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as sock:  # a port free now (other runs may hold 29500)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"),
-                       ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
-        os.environ.setdefault(key, value)
 
 
 def _run(argv: Sequence[str], parse_only: bool):
@@ -168,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Before OpenRLHF is imported: vllm/flash_attn import stand-ins, and the CPU shims without CUDA.
     devmode.apply()
     if devmode.cpu_mode():
-        _single_process_env()
+        make_single_process()
     try:
         _run(argv, parse_only=False)
     except ConfigError as e:

@@ -22,10 +22,6 @@ from typing import Dict, List, Optional
 
 from .config import PPOConfig, RecipeConfig, RecipeConfigError, SFTPhase
 
-# Where train_sft/train_dpo find `sitecustomize.py` on a machine without CUDA: it applies the CPU
-# dev mode (import stand-ins, torch.cuda no-ops, torch AdamW) inside the stock OpenRLHF process.
-CPU_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_site")
-
 METHOD_STAGES = {
     "srppo": ("sft", "ppo"),
     "ppo_rm": ("sft", "ppo"),
