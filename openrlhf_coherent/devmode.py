@@ -106,13 +106,18 @@ def ray_init_kwargs(num_gpus: int = 8) -> dict:
     if not cpu_mode():
         hook = f"{__name__}.install_import_stand_ins"
         return {"runtime_env": {"worker_process_setup_hook": hook, "env_vars": env_vars}}
+    runtime_env = {"worker_process_setup_hook": f"{__name__}.apply", "env_vars": env_vars}
+    if os.environ.get("RAY_ADDRESS"):
+        # Joining a running cluster (RAY_ADDRESS, as inside `ray job submit`): Ray refuses
+        # num_gpus/num_cpus there; `ray start --num-gpus N` declared the fake GPUs.
+        return {"runtime_env": runtime_env}
     return {
         "num_gpus": num_gpus,
         # OpenRLHF asks 1 CPU per GPU bundle, and 1 for the PPOTrainer actor: oversubscribe
         # the real cores, the actors mostly take turns.
         "num_cpus": max(os.cpu_count() or 1, num_gpus + 2),
         "include_dashboard": False,
-        "runtime_env": {"worker_process_setup_hook": f"{__name__}.apply", "env_vars": env_vars},
+        "runtime_env": runtime_env,
     }
 
 

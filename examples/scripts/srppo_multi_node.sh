@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# SRPPO on a running multi-node Ray cluster: submits the recipe as a Ray job (`ray job submit`).
+# The job's driver runs on the head node: stage 1 SFT there (deepspeed on the head's GPUs, unless
+# the YAML's sft.launcher_args give a hostfile), stage 2 PPO across the cluster (OpenRLHF's
+# ray.init() joins it and places actor, critic, reference, coherent reward and vLLM engines on
+# its GPUs). Start the cluster first (`ray start --head` / `ray start --address`), or let
+# srppo_slurm.sbatch do it.
+#
+#   RAY_ADDRESS=http://HEAD_IP:8265 CONFIG=examples/configs/srppo_llama3_8b_min_overlap.yaml \
+#       OUTPUT_DIR=/shared/runs/srppo1 bash examples/scripts/srppo_multi_node.sh [--set KEY=VALUE ...]
+#   DRY_RUN=1 RAY_ADDRESS=... bash examples/scripts/srppo_multi_node.sh   # print what it would submit
+#
+# The job runs in a copy of WORKING_DIR (default: this repository, without .venv, runs/, .git)
+# unpacked on the head node, so every path in the YAML must be absolute on a filesystem that all
+# nodes share (or a hub id). The job does not see this shell's environment: list the variables
+# it needs in FORWARD_ENV (they go into the runtime_env's env_vars).
+#
+# Environment: RAY_ADDRESS (the head's dashboard, http://HOST:8265; required), CONFIG (relative
+# to WORKING_DIR or absolute), OUTPUT_DIR (absolute; passed as --set output_dir=...), STAGES,
+# DRY_RUN=1, WORKING_DIR, FORWARD_ENV (space-separated variable names; default: SRPPO_TINY_ROOT
+# HF_HOME HF_TOKEN WANDB_API_KEY), RUNTIME_ENV_JSON (replaces the generated runtime_env
+# entirely), PYTHON (for the job and here, default python), RAY (the ray CLI, default ray).
+set -euo pipefail
+
+: "${RAY_ADDRESS:?set RAY_ADDRESS to the dashboard address of the Ray head, e.g. http://10.0.0.1:8265}"
+CONFIG=${CONFIG:-examples/configs/srppo_llama3_8b_min_overlap.yaml}
+PYTHON=${PYTHON:-python}
+RAY=${RAY:-ray}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+WORKING_DIR=${WORKING_DIR:-$REPO}
+FORWARD_ENV=${FORWARD_ENV:-SRPPO_TINY_ROOT HF_HOME HF_TOKEN WANDB_API_KEY}
+
+# The command as one shell-quoted line (copy-pasteable, parseable).
+quoted() {
+  local line
+  line=$(printf '%q ' "$@")
+  echo "${line% }"
+}
+
+if [[ -z ${RUNTIME_ENV_JSON:-} ]]; then
+  # Built by Python so every value is JSON-escaped; only variables that are set are forwarded.
+  RUNTIME_ENV_JSON=$(WORKING_DIR="$WORKING_DIR" FORWARD_ENV="$FORWARD_ENV" "$PYTHON" -c '
+import json, os
+env = {k: os.environ[k] for k in os.environ["FORWARD_ENV"].split() if k in os.environ}
+print(json.dumps({
+    "working_dir": os.environ["WORKING_DIR"],
+    "excludes": [".venv", ".git", "runs", "demo_out", "demo_out_quick", "__pycache__", "*.safetensors", "*.pt"],
+    "env_vars": env,
+}))')
+fi
+
+entrypoint=("$PYTHON" -m openrlhf_coherent.cli.srppo --config "$CONFIG")
+if [[ -n ${STAGES:-} ]]; then entrypoint+=(--stages "$STAGES"); fi
+if [[ -n ${OUTPUT_DIR:-} ]]; then
+  # A relative path would resolve inside the job's temporary copy of WORKING_DIR.
+  if [[ $OUTPUT_DIR != /* ]]; then
+    echo "srppo_multi_node: OUTPUT_DIR must be an absolute path on a shared filesystem, got $OUTPUT_DIR" >&2
+    exit 2
+  fi
+  entrypoint+=(--set "output_dir=$OUTPUT_DIR")
+fi
+entrypoint+=("$@")
+
+submit=("$RAY" job submit --address "$RAY_ADDRESS" --runtime-env-json "$RUNTIME_ENV_JSON" --)
+if [[ ${DRY_RUN:-0} == 1 ]]; then
+  # Show the submission, then the recipe's own dry run (every stage's exact command), run here.
+  echo "+ $(quoted "${submit[@]}" "${entrypoint[@]}")"
+  cd "$WORKING_DIR"
+  exec "${entrypoint[@]}" --dry-run
+fi
+echo "+ $(quoted "${submit[@]}" "${entrypoint[@]}")"
+exec "${submit[@]}" "${entrypoint[@]}"
