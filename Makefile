@@ -4,13 +4,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv bench-venv test demo demo-quick clean
+.PHONY: venv bench-venv bench test demo demo-quick clean
 
 venv:
 	bash scripts/install_cpu.sh
 
 bench-venv: venv
 	$(PY) -m pip install --quiet -r requirements/bench.txt
+
+bench: bench-venv
+	$(PY) -m benchmarks.reward_overhead --repeats 2 --steps 4
+	$(PY) -m benchmarks.scoring_throughput
+	$(PY) -m benchmarks.vs_trl
+	$(PY) -m benchmarks.memory_8b
 
 test: venv
 	$(PY) -m pytest -q tests
