@@ -20,6 +20,18 @@ SFT_TEXTS = [
 ]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models and tensors: intra-op threads only add synchronisation (up to 30x slower on a
+    busy 2-core machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def prompt_file(tmp_path_factory):
     """Eight short user prompts in OpenRLHF's prompt-dataset JSONL format (key "input")."""

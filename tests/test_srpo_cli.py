@@ -154,15 +154,6 @@ def test_train_srpo_two_steps_reference_once(trained):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models: intra-op threads only add synchronisation (much slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_revise_two_revisions_pick_by_coherent(tiny_models, files, tmp_path, monkeypatch, one_thread):
     import openrlhf_coherent.evaluator.sampling as sampling
 

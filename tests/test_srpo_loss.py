@@ -146,15 +146,6 @@ def train_srpo(w, l):
     return torch.softmax(gen, -1).detach(), grad
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (30x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     "mu, dpo_ipo_pick",
     [([1 / 3, 1 / 3, 1 / 3], 2), ([0.15, 0.7, 0.15], 0)],
