@@ -19,7 +19,7 @@ bench: bench-venv
 	$(PY) -m benchmarks.memory_8b
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 demo: venv
 	$(PY) -m demo.run --out demo_out
