@@ -47,7 +47,9 @@ def tiny_srppo_argv(sft, base, prompts, out_dir, *extra):
         "--reward.num_gpus_per_node", "1",
         "--vllm.num_engines", "1",
         "--ds.zero_stage", "2",
-        "--ds.param_dtype", "bf16",
+        # fp32: the check below compares with plain fp32 transformers to 1e-3. In bf16 one sum of
+        # ten log-probs already drifted by 0.035 (a CI flake); the demo covers the bf16 path.
+        "--ds.param_dtype", "fp32",
         "--ds.attn_implementation", "eager",
         "--actor.adam.lr", "1e-4",
         "--critic.adam.lr", "1e-4",
@@ -88,5 +90,5 @@ def check_rewards_match_independent_computation(out_dir, sft, base, n_steps):
     for row in rows:
         assert row["response_ids"], "empty response"
         expected = plain_coherent_reward(sft, base, row["prompt_ids"], row["response_ids"])
-        assert row["reward"] == pytest.approx(expected, abs=2e-2, rel=2e-3), row
+        assert row["reward"] == pytest.approx(expected, abs=2e-3, rel=1e-4), row
     return rows
