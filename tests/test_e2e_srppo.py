@@ -3,6 +3,11 @@
 Each test runs `python -m openrlhf_coherent.cli.train_ppo_ray` in a subprocess on CPU with tiny
 models, then checks, for every sample OpenRLHF trained on, that the reward it used equals
 log p_SFT(y|x) - log p_base(y|x) recomputed independently with plain transformers.
+
+Each real run costs ~40 s of Ray start-up on the 2-core CI machine, so the other configurations
+are checked on runs other tests make anyway: a group estimator (reinforce_baseline, 4 samples per
+prompt) in tests/test_reward_hacking.py, no reference model (both terms in the coherent actor) in
+tests/test_patch.py.
 """
 
 import os
@@ -31,26 +36,3 @@ def test_srppo_gae_with_critic_reuses_reference_log_probs(tiny_models, prompt_fi
     step1 = [r["reward"] for r in rows if r["step"] == 1]
     assert metric(steps[0][1], "rollout/reward_mean") == pytest.approx(sum(step1) / len(step1), rel=1e-4, abs=1e-4)
     assert os.listdir(tmp_path / "tb"), "TensorBoard logs were not written"
-
-
-def test_srppo_group_estimator(tiny_models, prompt_file, tmp_path):
-    base, sft = tiny_models
-    argv = tiny_srppo_argv(
-        sft, base, prompt_file, str(tmp_path),
-        "--algo.advantage.estimator", "reinforce_baseline", "--rollout.n_samples_per_prompt", "2",
-    )  # fmt: skip
-    log = run_srppo(argv)
-    assert [s for s, _ in step_logs(log)] == [1, 2], log[-3000:]
-    check_rewards_match_independent_computation(str(tmp_path), sft, base, 2)
-
-
-def test_srppo_without_reference_model_computes_both_terms(tiny_models, prompt_file, tmp_path):
-    base, sft = tiny_models
-    argv = tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--algo.advantage.estimator", "reinforce",
-                           "--algo.kl.init_coef", "0")  # fmt: skip
-    log = run_srppo(argv)
-    steps = step_logs(log)
-    assert [s for s, _ in steps] == [1, 2], log[-3000:]
-    assert metric(steps[0][1], "coherent/sft_logprobs_reused") == 0.0
-    assert metric(steps[0][1], "coherent/sft_forwards") > 0
-    check_rewards_match_independent_computation(str(tmp_path), sft, base, 2)

@@ -9,13 +9,15 @@ import sys
 import openrlhf
 
 from openrlhf_coherent.launch import with_cpu_site
-from srppo_helpers import check_rewards_match_independent_computation, step_logs, tiny_srppo_argv
+from srppo_helpers import check_rewards_match_independent_computation, metric, step_logs, tiny_srppo_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATCH = os.path.join(REPO, "patches", "openrlhf-0.11.2-reward-plugins.patch")
 
 
 def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path):
+    """Also the end-to-end check of SRPPO without a reference model (reinforce, KL 0): the
+    coherent actor then computes log p_SFT itself."""
     base, sft = tiny_models
     site = tmp_path / "site"
     shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
@@ -25,7 +27,8 @@ def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path
 
     out = tmp_path / "run"
     out.mkdir()
-    argv = tiny_srppo_argv(sft, base, prompt_file, str(out), "--critic.model_name_or_path", sft)
+    argv = tiny_srppo_argv(sft, base, prompt_file, str(out), "--algo.advantage.estimator", "reinforce",
+                           "--algo.kl.init_coef", "0")  # fmt: skip
     # CPU only: the dev mode must be active before the stock CLI imports vLLM (see patches/README.md).
     env = dict(os.environ, PYTHONPATH=with_cpu_site(str(site)), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
@@ -37,6 +40,8 @@ def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path
     steps = step_logs(log)
     assert [s for s, _ in steps] == [1, 2], log[-3000:]
     assert "coherent/reward_mean" in steps[-1][1]
+    assert metric(steps[0][1], "coherent/sft_logprobs_reused") == 0.0
+    assert metric(steps[0][1], "coherent/sft_forwards") > 0
     check_rewards_match_independent_computation(str(out), sft, base, 2)
 
 
