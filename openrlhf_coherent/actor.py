@@ -4,8 +4,15 @@ It takes the place of OpenRLHF's `RewardModelActor` in the reward `RayActorGroup
 `--reward.num_nodes/num_gpus_per_node`, data-parallel over ranks by `async_run_method_batch`),
 and loads each model exactly as OpenRLHF's `ReferenceModelActor` loads the reference model:
 OpenRLHF's `Actor` wrapper in a DeepSpeed eval engine, `--ds.param_dtype`, `--ds.attn_implementation`,
-`--reward.offload`, packing. The one difference is the temperature: the reward is defined on
-temperature-1 log-probs, whatever `--rollout.temperature` is.
+`--reward.offload`, packing. Two differences:
+
+- The temperature: the reward is defined on temperature-1 log-probs, whatever
+  `--rollout.temperature` is.
+- The forward: OpenRLHF's Actor forms fp32 logits for every position and the whole vocabulary;
+  a reward needs them only at the response tokens. `scoring.action_log_probs` runs the decoder,
+  then the LM head and log-softmax on response positions only (same numbers). With ring
+  attention, a VLM, or a model whose logits are not the plain head output (e.g. Gemma-2's
+  soft-capping), the actor keeps OpenRLHF's forward.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from openrlhf.models import Actor
 from openrlhf.trainer.ray.launcher import BaseModelActor
 from openrlhf.utils.deepspeed import DeepspeedStrategy
 
+from . import scoring
+
 
 @ray.remote(num_gpus=1)
 class CoherentRewardActor(BaseModelActor):
@@ -27,12 +36,14 @@ class CoherentRewardActor(BaseModelActor):
         # live in the plugin's flags, which travel inside strategy.args.
         self._setup_distributed(strategy)
         args = strategy.args
-        self.base_model = self._load(args.coherent.base_model)
+        # name -> (DeepSpeed engine, whether the head runs on response positions only).
         # With reuse, log p_SFT comes from OpenRLHF's reference model: do not hold a second copy.
-        self.sft_model = None if args.coherent.reuse_ref_logprobs else self._load(args.coherent.sft_model)
+        self.models = {"base": self._load(args.coherent.base_model)}
+        if not args.coherent.reuse_ref_logprobs:
+            self.models["sft"] = self._load(args.coherent.sft_model)
         strategy.print(
             f"coherent reward actor: base={args.coherent.base_model} "
-            f"sft={'(reference model log-probs reused)' if self.sft_model is None else args.coherent.sft_model}"
+            f"sft={args.coherent.sft_model if 'sft' in self.models else '(reference model log-probs reused)'}"
         )
 
     def _load(self, path: str):
@@ -50,20 +61,37 @@ class CoherentRewardActor(BaseModelActor):
         )
         if args.reward.offload:
             model._offload = True
+        head_on_responses_only = self._can_skip_prompt_logits(model, path)
         model = self.strategy.prepare(model)
         model.eval()
-        return model
+        return model, head_on_responses_only
+
+    def _can_skip_prompt_logits(self, actor: Actor, path: str) -> bool:
+        if self.strategy.ring_attn_group is not None or getattr(actor, "is_vlm", False):
+            return False
+        try:
+            scoring.check_plain_lm_head(actor.model)
+        except NotImplementedError as e:
+            self.strategy.print(f"coherent reward actor: {path}: full-vocabulary logits on every position ({e})")
+            return False
+        return True
 
     @torch.no_grad()
-    def _log_probs(self, model, sequences, action_mask, attention_mask, packed_seq_lens) -> torch.Tensor:
+    def _log_probs(self, name, sequences, action_mask, attention_mask, packed_seq_lens) -> torch.Tensor:
+        model, head_on_responses_only = self.models[name]
         device = torch.cuda.current_device()
-        log_probs = model(
-            sequences.to(device),
-            action_mask.to(device),
-            attention_mask.to(device),
-            ring_attn_group=self.strategy.ring_attn_group,
-            packed_seq_lens=packed_seq_lens,
-        )
+        sequences, action_mask, attention_mask = sequences.to(device), action_mask.to(device), attention_mask.to(device)
+        if head_on_responses_only:
+            hf_model = model.model.module  # OpenRLHF's Actor -> DeepSpeed engine -> transformers model
+            log_probs = scoring.action_log_probs(hf_model, sequences, attention_mask, action_mask)
+        else:
+            log_probs = model(
+                sequences,
+                action_mask,
+                attention_mask,
+                ring_attn_group=self.strategy.ring_attn_group,
+                packed_seq_lens=packed_seq_lens,
+            )
         return log_probs.float().to("cpu")
 
     def forward(
@@ -74,7 +102,4 @@ class CoherentRewardActor(BaseModelActor):
         packed_seq_lens: Optional[list] = None,
     ) -> Dict[str, torch.Tensor]:
         """Per-token response log-probs, shaped like `action_mask`: {"base": ..., "sft": ... (if held)}."""
-        out = {"base": self._log_probs(self.base_model, sequences, action_mask, attention_mask, packed_seq_lens)}
-        if self.sft_model is not None:
-            out["sft"] = self._log_probs(self.sft_model, sequences, action_mask, attention_mask, packed_seq_lens)
-        return out
+        return {name: self._log_probs(name, sequences, action_mask, attention_mask, packed_seq_lens) for name in self.models}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import List, Optional, Sequence
+import sys
+from typing import Callable, List, Optional, Sequence
 
 from .reward import AGGREGATES, REWARD_TYPES
 
@@ -34,6 +35,17 @@ LEGACY_FLAGS = {
 
 class ConfigError(ValueError):
     """A bad flag or input file, found before Ray starts. The CLIs print it and exit with status 2."""
+
+
+def exit_status(command: Callable[[], object]) -> int:
+    """Run a command's body. Bad input raises ConfigError naming the flag, file or line; it is
+    printed as one line on stderr and becomes exit status 2, the way every CLI here reports it."""
+    try:
+        command()
+    except ConfigError as e:
+        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def translate_legacy_flags(argv: Sequence[str]) -> List[str]:

@@ -47,7 +47,7 @@ def group_forward(group, batches):
     return [out for chunk in ray.get(refs) for out in chunk]
 
 
-def make_group(tiny_models, *extra):
+def make_group(tiny_models, *extra, zero_stage="0"):
     from openrlhf.trainer.ray.launcher import RayActorGroup
     from openrlhf.utils import get_strategy
 
@@ -57,8 +57,8 @@ def make_group(tiny_models, *extra):
     args = parse_args(
         ["--actor.model_name_or_path", sft, "--critic.model_name_or_path", sft,
          "--reward.model_name_or_path", "coherent", "--coherent.base_model", base,
-         "--reward.num_gpus_per_node", "2", "--ds.param_dtype", "fp32", "--ds.zero_stage", "0",
-         "--ds.attn_implementation", "eager", *extra]
+         "--reward.num_gpus_per_node", "2", "--ds.param_dtype", "fp32",
+         "--ds.attn_implementation", "eager", "--ds.zero_stage", zero_stage, *extra]
     )  # fmt: skip
     strategy = get_strategy(args)
     group = RayActorGroup(1, 2, CoherentRewardActor, num_gpus_per_actor=1)
@@ -71,7 +71,9 @@ def test_actor_group_matches_plain_transformers_in_fp32(tiny_models, ray_cluster
 
     base, sft = tiny_models
     tokenizer = AutoTokenizer.from_pretrained(sft)
-    group = make_group(tiny_models, "--coherent.reuse_ref", "never")
+    # ZeRO-3: the actor calls the decoder and the head as separate modules (head on response
+    # positions only); DeepSpeed's per-module hooks must gather the partitioned weights for each.
+    group = make_group(tiny_models, "--coherent.reuse_ref", "never", zero_stage="3")
     # two micro-batches -> one per rank of the two-actor group
     batch_a, samples_a = openrlhf_batch(tokenizer, PAIRS[:2])
     batch_b, samples_b = openrlhf_batch(tokenizer, PAIRS[2:])
@@ -101,3 +103,30 @@ def test_actor_holds_only_the_base_model_when_reference_log_probs_are_reused(tin
     batch, _ = openrlhf_batch(tokenizer, PAIRS[:2])
     outputs = group_forward(group, [batch, batch])
     assert all(set(out) == {"base"} for out in outputs)
+
+
+def test_head_on_responses_only_equals_openrlhf_actor_forward(tiny_models):
+    """scoring.action_log_probs (the actor's forward) against OpenRLHF's own Actor.forward on the
+    same left-padded batch: full-length action masks, a shorter last-A window, and a masked-out
+    tail (a response that ended early)."""
+    from openrlhf.models import Actor
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openrlhf_coherent.scoring import action_log_probs
+
+    _, sft = tiny_models
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    # fp32 (OpenRLHF loads from a path only in bf16/fp16); a wrapped model object leaves packing unset.
+    model = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32, attn_implementation="eager").eval()
+    actor = Actor(model, temperature=1.0)
+    actor.packing_samples = False
+    batch, _ = openrlhf_batch(tokenizer, PAIRS)
+    window = batch.action_mask[:, -9:].clone()
+    window[0, -2:] = 0
+    for action_mask in (batch.action_mask, window):
+        with torch.no_grad():
+            expected = actor(batch.sequences, action_mask, batch.attention_mask)
+        got = action_log_probs(actor.model, batch.sequences, batch.attention_mask, action_mask, head_chunk=5)
+        assert got.dtype == torch.float32 and got.shape == action_mask.shape
+        torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-5)
+        assert torch.all(got[action_mask == 0] == 0)

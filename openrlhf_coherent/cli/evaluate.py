@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from openrlhf_coherent.config import ConfigError, check_causal_lm
+from openrlhf_coherent.config import ConfigError, check_causal_lm, exit_status
 from openrlhf_coherent.evaluation.table import paper_summary, result_rows, to_markdown
 from openrlhf_coherent.evaluation.tasks import PAPER_TASKS, check_tasks, group_by_fewshot, parse_task_specs
 
@@ -117,14 +117,10 @@ def run(args) -> dict:
     return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        run(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return exit_status(lambda: run(args))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

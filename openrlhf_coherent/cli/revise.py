@@ -26,7 +26,7 @@ import math
 import sys
 from typing import List, Optional, Sequence
 
-from openrlhf_coherent.config import ConfigError, check_causal_lm
+from openrlhf_coherent.config import ConfigError, check_causal_lm, exit_status
 from openrlhf_coherent.evaluator.rows import BadRow, read_jsonl, tokenize_pair
 from openrlhf_coherent.srpo.templates import TEMPLATE_DIR, TextFormat, load_template
 
@@ -199,12 +199,7 @@ def run(args) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        run(args)
-    except ConfigError as e:
-        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import json
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from openrlhf_coherent.config import ConfigError, check_causal_lm, flag_value
+from openrlhf_coherent.config import ConfigError, check_causal_lm, exit_status, flag_value
 from openrlhf_coherent.losses import LOSSES
 
 # train_dpo flags the loop sets (the round's model, reference, data, epochs, output).
@@ -167,13 +167,7 @@ def run(args, train_args: Sequence[str]) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        args, train_args = parse(sys.argv[1:] if argv is None else argv)
-        run(args, train_args)
-    except ConfigError as e:
-        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: run(*parse(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 from openrlhf_coherent import devmode
 from openrlhf_coherent.cli.runpy_hooks import replaced
 from openrlhf_coherent.launch import make_single_process
-from openrlhf_coherent.config import ConfigError
+from openrlhf_coherent.config import ConfigError, exit_status
 from openrlhf_coherent.losses import LOSSES, make_loss
 
 OPENRLHF_CLI = "openrlhf.cli.train_dpo"
@@ -82,11 +82,11 @@ def trainer_class(loss: str, simpo_gamma: Optional[float]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    try:
-        ours, rest = split_args(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
-        return 2
+    return exit_status(lambda: _run(sys.argv[1:] if argv is None else argv))
+
+
+def _run(argv: Sequence[str]) -> None:
+    ours, rest = split_args(argv)
     if "-h" in rest or "--help" in rest:  # OpenRLHF's parser prints its own flags after ours
         print(parser().format_help().replace("usage:", "openrlhf_coherent flags, then OpenRLHF's train_dpo usage:", 1))
     devmode.apply()  # import stand-ins; CPU shims only without CUDA
@@ -104,7 +104,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sys.argv = [OPENRLHF_CLI, *rest]
     with replaced(dpo_trainer, "DPOTrainer", trainer):
         runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
-    return 0
 
 
 if __name__ == "__main__":

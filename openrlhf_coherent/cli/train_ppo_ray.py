@@ -103,13 +103,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     devmode.apply()
     coherent = config.flag_value(argv, "--reward.model_name_or_path") == config.COHERENT
     sys.argv = [OPENRLHF_CLI, *argv]
-    try:
+
+    def run_openrlhf():
         with plugin_installed(CoherentRewardPlugin(), coherent):
             runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
-    except config.ConfigError as e:
-        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return config.exit_status(run_openrlhf)
 
 
 if __name__ == "__main__":

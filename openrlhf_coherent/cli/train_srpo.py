@@ -32,7 +32,7 @@ from typing import Iterator, Optional, Sequence
 from openrlhf_coherent.cli.runpy_hooks import replaced
 from openrlhf_coherent import config, devmode
 from openrlhf_coherent.launch import make_single_process
-from openrlhf_coherent.config import ConfigError
+from openrlhf_coherent.config import ConfigError, exit_status
 
 OPENRLHF_CLI = "openrlhf.cli.train_dpo"
 JSON_EXTENSIONS = (".json", ".jsonl")
@@ -148,12 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     devmode.apply()
     if devmode.cpu_mode():
         make_single_process()
-    try:
-        _run(argv, parse_only=False)
-    except ConfigError as e:
-        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: _run(argv, parse_only=False))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import math
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from openrlhf_coherent.config import ConfigError, check_causal_lm, check_same_tokenizer
+from openrlhf_coherent.config import ConfigError, check_causal_lm, check_same_tokenizer, exit_status
 
 from .rows import ON_BAD_ROW, BadRow, TextFormat
 
@@ -152,8 +152,6 @@ def run_cli(run, argv: Optional[Sequence[str]], parser: argparse.ArgumentParser)
 
     args = parser.parse_args(argv)
     devmode.apply()
-    try:
-        run(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    status = exit_status(lambda: run(args))
+    if status:
+        sys.exit(status)
