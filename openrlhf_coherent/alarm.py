@@ -38,6 +38,15 @@ class HackingAlarm:
         self.reference: Optional[Dict[str, float]] = None  # the SFT model's own samples (first rollout)
         self.fired_steps = 0
 
+    def state_dict(self) -> Dict:
+        """What a resumed run needs to keep judging against the same SFT reference and window."""
+        return {"history": list(self.history), "reference": self.reference, "fired_steps": self.fired_steps}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.history = deque(state["history"], maxlen=self.window)
+        self.reference = state["reference"]
+        self.fired_steps = state["fired_steps"]
+
     def update(self, stats: Dict[str, float]) -> Dict[str, float]:
         """Feed one rollout's coherent/* stats; returns the alarm metrics to log with them."""
         current = {k: stats[f"coherent/{k}"] for k in ("reward_mean", "eos_rate", "sft_logp_per_token")}

@@ -1,8 +1,10 @@
 """OpenRLHF's PPOTrainer with the coherent experience maker and the coherent-reward diagnostics.
 
-Two overrides: the experience maker is swapped for `CoherentExperienceMaker`, and the rollout
+Three overrides: the experience maker is swapped for `CoherentExperienceMaker`; the rollout
 statistics (which OpenRLHF merges into each step's status, logged to the console, TensorBoard
-and wandb) gain the coherent-reward terms and the reward-hacking alarm.
+and wandb) gain the coherent-reward terms and the reward-hacking alarm; and the state those keep
+across steps rides in OpenRLHF's checkpoint `client_states`, so a resumed run goes on with the
+same alarm window, the same `--coherent.sft_logp_floor` reference and the rollout log's step count.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import ray
 import torch
 
 from openrlhf.trainer.ppo_trainer import PPOTrainer
+from openrlhf.utils.logging_utils import init_logger
 
 from .alarm import HackingAlarm
 from .experience import CoherentExperienceMaker
+
+logger = init_logger(__name__)
 
 
 def coherent_rollout_stats(experiences: List, maker: CoherentExperienceMaker) -> Dict[str, float]:
@@ -59,6 +64,30 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
         )
         c = self.args.coherent
         self.alarm = HackingAlarm(c.alarm_window, c.alarm_eos_drop, c.alarm_logp_drop) if c.alarm == "on" else None
+
+    def coherent_state(self) -> Dict:
+        maker = self.experience_maker
+        return {
+            "rollout_step": maker.rollout_step,
+            "sft_logp_reference": maker.sft_logp_reference,
+            "alarm": self.alarm.state_dict() if self.alarm is not None else None,
+        }
+
+    def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None) -> None:
+        if client_states is not None:  # saved with the actor's DeepSpeed checkpoint of this step
+            client_states["coherent"] = self.coherent_state()
+        super().save_logs_and_checkpoints(global_step, logs_dict, client_states)
+
+    def init_checkpoint_states(self) -> Dict:
+        states = super().init_checkpoint_states()
+        saved = states.get("coherent")
+        if saved:
+            self.experience_maker.rollout_step = saved["rollout_step"]
+            self.experience_maker.sft_logp_reference = saved["sft_logp_reference"]
+            if self.alarm is not None and saved["alarm"] is not None:
+                self.alarm.load_state_dict(saved["alarm"])
+            logger.info(f"openrlhf_coherent: resumed the coherent-reward state at rollout {saved['rollout_step']}")
+        return states
 
     def _compute_rollout_stats(self, experiences) -> Dict:
         stats = super()._compute_rollout_stats(experiences)

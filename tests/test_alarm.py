@@ -42,3 +42,18 @@ def test_counts_firing_steps():
     for i in range(6):
         out = alarm.update(stats(10 + 5 * i, 1.0 - 0.2 * i, -2.0))
     assert out["coherent/hacking_alarm_steps"] == 4.0  # steps 3..6 (index 2..5)
+
+
+def test_state_round_trip_continues_like_an_uninterrupted_run():
+    """What a resumed PPO run restores from its checkpoint (trainer.coherent_state)."""
+    import json
+
+    rows = [(64 + 12 * i, 0.99 - 0.12 * i, -3.0) for i in range(9)]
+    straight = HackingAlarm(window=5)
+    expected = [straight.update(stats(*row)) for row in rows]
+    before = HackingAlarm(window=5)
+    feed(before, rows[:3])
+    resumed = HackingAlarm(window=5)
+    resumed.load_state_dict(json.loads(json.dumps(before.state_dict())))  # plain data only
+    assert [resumed.update(stats(*row)) for row in rows[3:]] == expected[3:]
+    assert expected[-1]["coherent/hacking_alarm"] == 1.0

@@ -124,7 +124,8 @@ def test_apply_is_idempotent_and_logs_once():
     assert result.stderr.count("openrlhf_coherent dev mode") == expected, result.stderr
 
 
-def test_ray_init_kwargs():
+def test_ray_init_kwargs(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     kwargs = devmode.ray_init_kwargs(num_gpus=4)
     runtime_env = kwargs["runtime_env"]
     assert runtime_env["env_vars"]["TOKENIZERS_PARALLELISM"] in ("true", os.environ.get("TOKENIZERS_PARALLELISM"))
@@ -133,6 +134,10 @@ def test_ray_init_kwargs():
         assert runtime_env["worker_process_setup_hook"] == "openrlhf_coherent.devmode.apply"
     else:  # GPU box: workers only get the import stand-ins, never a CUDA query at start-up
         assert runtime_env["worker_process_setup_hook"] == "openrlhf_coherent.devmode.install_import_stand_ins"
+    # Joining a running cluster (inside `ray job submit`): Ray refuses num_gpus/num_cpus there.
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    joining = devmode.ray_init_kwargs(num_gpus=4)
+    assert "num_gpus" not in joining and "num_cpus" not in joining and joining["runtime_env"] == runtime_env
 
 
 # ---- CPU rollout engine -----------------------------------------------------------------------

@@ -1,8 +1,18 @@
-"""End to end: the real OpenRLHF PPO loop (Ray, DeepSpeed, OpenRLHF's trainer) trains on our reward.
+"""End to end: the real OpenRLHF PPO loop (Ray, DeepSpeed, OpenRLHF's trainer) trains on our
+reward, is killed, and resumes from its checkpoint.
 
-Each test runs `python -m openrlhf_coherent.cli.train_ppo_ray` in a subprocess on CPU with tiny
-models, then checks, for every sample OpenRLHF trained on, that the reward it used equals
-log p_SFT(y|x) - log p_base(y|x) recomputed independently with plain transformers.
+One run of the recipe's PPO stage (`python -m openrlhf_coherent.cli.srppo`, tiny config: GAE with a
+critic from the SFT model, the reference model's log-probs reused as log p_SFT), 4 steps with a
+checkpoint every step, is SIGKILLed after its first checkpoint k and run again. Checked:
+
+- the re-run restores OpenRLHF's global step, episode and dataloader state through the coherent
+  plugin and runs exactly steps k+1..4, and it restores our own state (rollout count, alarm
+  window, floor reference) from the same checkpoint;
+- every step logs the coherent-reward diagnostics, and the SFT model is never run twice;
+- for every sample OpenRLHF trained on, in both runs, the reward equals
+  log p_SFT(y|x) - log p_base(y|x) recomputed independently with plain transformers;
+- OpenRLHF's own rollout/reward_mean is the mean of those rewards; TensorBoard logs exist;
+- a third run finds the stage complete and starts nothing.
 
 Each real run costs ~40 s of Ray start-up on the 2-core CI machine, so the other configurations
 are checked on runs other tests make anyway: a group estimator (reinforce_baseline, 4 samples per
@@ -11,28 +21,80 @@ tests/test_patch.py.
 """
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from srppo_helpers import check_rewards_match_independent_computation, metric, run_srppo, step_logs, tiny_srppo_argv
+from srppo_helpers import check_rewards_match_independent_computation, metric, step_logs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "examples", "configs", "tiny_cpu.yaml")
+COHERENT_KEYS = ("coherent/reward_mean", "coherent/reward_std", "coherent/sft_logp_mean", "coherent/base_logp_mean",
+                 "coherent/response_length_mean", "coherent/truncated_rate", "coherent/hacking_alarm")  # fmt: skip
 
 
-def test_srppo_gae_with_critic_reuses_reference_log_probs(tiny_models, prompt_file, tmp_path):
+def fresh_ray_env():
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray
+
+
+def run_until(cmd, path, timeout=400):
+    """Start `cmd`; SIGKILL its whole process group (driver, Ray, DeepSpeed) once `path` exists."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=fresh_ray_env(), cwd=REPO,
+                            start_new_session=True, text=True)  # fmt: skip
+    deadline = time.time() + timeout
+    while proc.poll() is None and not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let the critic's save of the same step land too
+    os.killpg(proc.pid, signal.SIGKILL)
+    return proc.communicate()[0]
+
+
+def test_srppo_gae_run_is_killed_resumes_and_trains_on_the_exact_coherent_reward(tmp_path, tiny_models, prompt_file):
+    """8 prompts, 2 per rollout -> 4 PPO steps; fp32, so rewards compare with plain transformers to 1e-3."""
     base, sft = tiny_models
-    argv = tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--critic.model_name_or_path", sft)
-    log = run_srppo(argv)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "openrlhf_coherent.cli.srppo", "--config", TINY,
+           "--set", f"root={tmp_path}", "--set", f"base_model={base}", "--set", f"sft_model={sft}",
+           "--set", f"output_dir={out}", "--set", f"ppo.prompt_dataset={prompt_file}",
+           "--set", "ppo.param_dtype=fp32", "--set", f"ppo.coherent.rollout_log={out / 'rollouts.jsonl'}",
+           "--set", "ppo.rollout_batch_size=2", "--set", "ppo.train_batch_size=2",
+           "--set", "ppo.rollout_micro_batch_size=1", "--set", "ppo.train_micro_batch_size=1",
+           "--set", "ppo.save_steps=1", "--set", "ppo.critic_warmup_buffers=0"]  # fmt: skip
+    latest = out / "ckpt" / "ppo" / "_actor" / "latest"
+    first = run_until(cmd, str(latest))
+    k = int(latest.read_text().strip()[len("global_step") :])
+    assert 1 <= k < 4, first[-3000:]
+    assert not (out / "ppo" / "recipe_stage_done.json").exists()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=fresh_ray_env())
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-5000:]
+    assert f"stage ppo: resumes from checkpoint global_step{k}" in log
+    assert f"resumed the coherent-reward state at rollout {k}" in log
     steps = step_logs(log)
-    assert [s for s, _ in steps] == [1, 2], log[-3000:]
+    assert [s for s, _ in steps] == list(range(k + 1, 5)), log[-3000:]  # continues at k+1, never repeats 1..k
     for _, status in steps:
-        for key in ("coherent/reward_mean", "coherent/reward_std", "coherent/sft_logp_mean",
-                    "coherent/base_logp_mean", "coherent/response_length_mean", "coherent/truncated_rate"):  # fmt: skip
-            assert key in status
+        for key in COHERENT_KEYS:
+            assert key in status, key
         assert metric(status, "coherent/sft_logprobs_reused") == 1.0
         assert metric(status, "coherent/sft_forwards") == 0.0  # the SFT model is not run twice
         assert metric(status, "coherent/base_forwards") > 0
         assert "critic_loss" in status
-    rows = check_rewards_match_independent_computation(str(tmp_path), sft, base, 2)
-    # rollout/reward_mean (OpenRLHF's own stat) is the mean of the rewards it trained on
-    step1 = [r["reward"] for r in rows if r["step"] == 1]
-    assert metric(steps[0][1], "rollout/reward_mean") == pytest.approx(sum(step1) / len(step1), rel=1e-4, abs=1e-4)
-    assert os.listdir(tmp_path / "tb"), "TensorBoard logs were not written"
+    assert (out / "ppo" / "model.safetensors").exists() and (out / "ppo" / "recipe_stage_done.json").exists()
+    assert os.listdir(out / "tensorboard" / "ppo"), "TensorBoard logs were not written"
+
+    rows = check_rewards_match_independent_computation(str(out), sft, base, 4)
+    # The re-run's rows come last, numbered on from the checkpoint (2 samples per rollout).
+    resumed = rows[-2 * (4 - k) :]
+    assert [r["step"] for r in resumed] == [s for s in range(k + 1, 5) for _ in range(2)]
+    # rollout/reward_mean (OpenRLHF's own stat) is the mean of the rewards it trained on.
+    last = [r["reward"] for r in resumed[-2:]]
+    assert metric(steps[-1][1], "rollout/reward_mean") == pytest.approx(sum(last) / len(last), rel=1e-4, abs=1e-4)
+
+    # A third run finds every stage complete and starts nothing.
+    third = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert third.returncode == 0 and "stage ppo: complete, skipped" in third.stdout
+    assert "Global step" not in third.stdout + third.stderr

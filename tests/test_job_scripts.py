@@ -19,7 +19,6 @@ import tempfile
 
 import pytest
 
-from openrlhf_coherent import devmode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "examples", "scripts")
@@ -158,25 +157,6 @@ def free_ports(n):
     return ports
 
 
-def cpu_driver_can_join_a_cluster():
-    """On CPU the dev mode declares fake GPUs in ray.init(); Ray refuses num_gpus when joining an
-    existing cluster (RAY_ADDRESS, as inside `ray job submit`)."""
-    saved = os.environ.get("RAY_ADDRESS")
-    os.environ["RAY_ADDRESS"] = "127.0.0.1:1"
-    try:
-        return "num_gpus" not in devmode.ray_init_kwargs(1)
-    finally:
-        if saved is None:
-            del os.environ["RAY_ADDRESS"]
-        else:
-            os.environ["RAY_ADDRESS"] = saved
-
-
-@pytest.mark.skipif(
-    not cpu_driver_can_join_a_cluster(),
-    reason="openrlhf_coherent.devmode.ray_init_kwargs passes num_gpus/num_cpus to ray.init() even when RAY_ADDRESS "
-    "names an existing cluster, which Ray rejects: stage 2 cannot join the cluster on CPU (fix pending in devmode.py)",
-)
 def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
     """The real thing, on CPU: one-node 'allocation', Ray head with 5 fake GPUs, job submitted with
     `ray job submit` by srppo_multi_node.sh, SFT + 2 PPO steps; then Ray is gone again."""

@@ -2,19 +2,14 @@
 
 The dry-run of every preset in examples/configs/ is parsed back into flags and compared with the
 paper's hyperparameters (section 4.1, Appendix D); the expectations below are typed in from the
-paper, not from the YAML files. The resume test kills a real tiny SRPPO run (coherent reward, GAE
-with critic, real Ray and DeepSpeed on CPU) after its first checkpoint and runs the same command
-again: it must continue at step k+1 and finish.
+paper, not from the YAML files. The recipe's resume of a real, killed tiny SRPPO run is in
+tests/test_e2e_srppo.py, where it is also the suite's end-to-end check of GAE with a critic.
 """
 
 import glob
 import os
 import re
 import shlex
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -201,52 +196,3 @@ def test_outputs_are_never_overwritten(capsys, tmp_path, tiny_models):
     err = capsys.readouterr().err
     assert "never overwrites" in err and str(stray) in err
     assert (stray / "model.safetensors").read_text() == "someone else's"
-
-
-# ---- resume after an interruption (real tiny run) --------------------------------------------
-
-
-def run_until(cmd, path, timeout=400):
-    """Start `cmd`; SIGKILL its whole process group (driver, Ray, DeepSpeed) once `path` exists."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                            start_new_session=True, text=True)  # fmt: skip
-    deadline = time.time() + timeout
-    while proc.poll() is None and not os.path.exists(path) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)  # let the critic's save of the same step land too
-    os.killpg(proc.pid, signal.SIGKILL)
-    return proc.communicate()[0]
-
-
-def test_interrupted_srppo_resumes_from_its_checkpoint(tmp_path, tiny_models, prompt_file):
-    """4 PPO steps (8 prompts, 2 per buffer), a checkpoint every step; killed after the first
-    checkpoint k, the re-run restores OpenRLHF's global step, episode and dataloader state through
-    the coherent plugin and runs steps k+1..4 only."""
-    base, sft = tiny_models
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "openrlhf_coherent.cli.srppo", "--config", TINY,
-           "--set", f"root={tmp_path}", "--set", f"base_model={base}", "--set", f"sft_model={sft}",
-           "--set", f"output_dir={out}", "--set", f"ppo.prompt_dataset={prompt_file}",
-           "--set", "ppo.rollout_batch_size=2", "--set", "ppo.train_batch_size=2",
-           "--set", "ppo.rollout_micro_batch_size=1", "--set", "ppo.train_micro_batch_size=1",
-           "--set", "ppo.save_steps=1", "--set", "ppo.critic_warmup_buffers=0", "--set", "ppo.coherent={}"]  # fmt: skip
-    latest = out / "ckpt" / "ppo" / "_actor" / "latest"
-    first = run_until(cmd, str(latest))
-    k = int(latest.read_text().strip()[len("global_step") :])
-    assert 1 <= k < 4, first[-3000:]
-    assert not (out / "ppo" / "recipe_stage_done.json").exists()
-
-    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600,
-                            env={k_: v for k_, v in os.environ.items() if k_ != "RAY_ADDRESS"})  # fmt: skip
-    log = second.stdout + second.stderr
-    assert second.returncode == 0, log[-5000:]
-    assert f"stage ppo: resumes from checkpoint global_step{k}" in log
-    steps = [int(s) for s in re.findall(r"Global step (\d+):", log)]
-    assert steps == list(range(k + 1, 5)), steps  # continues at k+1, never repeats 1..k
-    assert (out / "ppo" / "model.safetensors").exists() and (out / "ppo" / "recipe_stage_done.json").exists()
-
-    # A third run finds every stage complete and starts nothing.
-    third = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert third.returncode == 0 and "stage ppo: complete, skipped" in third.stdout
-    assert "Global step" not in third.stdout + third.stderr

@@ -29,10 +29,11 @@ def run(hack_world, tmp_path, guard):
 def test_unguarded_coherent_reward_is_hacked_and_the_alarm_fires(hack_world, tmp_path):
     first, last, steps = run(hack_world, tmp_path, [])
     # The reward the policy climbed is exactly log p_SFT - log p_base (no bug to blame): every
-    # sample, recomputed with plain transformers. Also the suite's end-to-end check of a group
-    # estimator (reinforce_baseline, 4 samples per prompt) with the reference log-probs reused.
+    # sample of the first and the last rollout, recomputed with plain transformers. Also the suite's
+    # end-to-end check of a group estimator (reinforce_baseline, 4 samples per prompt) with the
+    # reference log-probs reused.
     _, base, sft, _ = hack_world
-    check_rewards_match_independent_computation(str(tmp_path), sft, base, STEPS)
+    check_rewards_match_independent_computation(str(tmp_path), sft, base, STEPS, only_steps={1, STEPS})
     assert last["coherent/reward_mean"] > first["coherent/reward_mean"] + 5
     assert last["coherent/response_length_mean"] > first["coherent/response_length_mean"] + 5
     assert first["coherent/eos_rate"] > 0.9 and last["coherent/eos_rate"] < first["coherent/eos_rate"] - 0.25
