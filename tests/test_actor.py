@@ -95,16 +95,6 @@ def test_actor_group_matches_plain_transformers_in_fp32(tiny_models, ray_cluster
             assert ratio.item() == pytest.approx(expected_ratio.item(), abs=1e-5)
 
 
-def test_actor_holds_only_the_base_model_when_reference_log_probs_are_reused(tiny_models, ray_cluster):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_models[1])
-    group = make_group(tiny_models)  # reuse applies: kl > 0, temperature 1, sft == actor
-    batch, _ = openrlhf_batch(tokenizer, PAIRS[:2])
-    outputs = group_forward(group, [batch, batch])
-    assert all(set(out) == {"base"} for out in outputs)
-
-
 def test_head_on_responses_only_equals_openrlhf_actor_forward(tiny_models):
     """scoring.action_log_probs (the actor's forward) against OpenRLHF's own Actor.forward on the
     same left-padded batch: full-length action masks, a shorter last-A window, and a masked-out

@@ -8,7 +8,8 @@ checkpoint every step, is SIGKILLed after its first checkpoint k and run again. 
 - the re-run restores OpenRLHF's global step, episode and dataloader state through the coherent
   plugin and runs exactly steps k+1..4, and it restores our own state (rollout count, alarm
   window, floor reference) from the same checkpoint;
-- every step logs the coherent-reward diagnostics, and the SFT model is never run twice;
+- every step logs the coherent-reward diagnostics, and the SFT model is neither loaded nor run a
+  second time by the coherent actor;
 - for every sample OpenRLHF trained on, in both runs, the reward equals
   log p_SFT(y|x) - log p_base(y|x) recomputed independently with plain transformers;
 - OpenRLHF's own rollout/reward_mean is the mean of those rewards; TensorBoard logs exist;
@@ -74,6 +75,8 @@ def test_srppo_gae_run_is_killed_resumes_and_trains_on_the_exact_coherent_reward
     assert second.returncode == 0, log[-5000:]
     assert f"stage ppo: resumes from checkpoint global_step{k}" in log
     assert f"resumed the coherent-reward state at rollout {k}" in log
+    # With reuse the coherent actor never loads the SFT model (no second copy in memory).
+    assert "sft=(reference model log-probs reused)" in log
     steps = step_logs(log)
     assert [s for s, _ in steps] == list(range(k + 1, 5)), log[-3000:]  # continues at k+1, never repeats 1..k
     for _, status in steps:
