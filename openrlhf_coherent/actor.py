@@ -9,10 +9,10 @@ OpenRLHF's `Actor` wrapper in a DeepSpeed eval engine, `--ds.param_dtype`, `--ds
 - The temperature: the reward is defined on temperature-1 log-probs, whatever
   `--rollout.temperature` is.
 - The forward: OpenRLHF's Actor forms fp32 logits for every position and the whole vocabulary;
-  a reward needs them only at the response tokens. `scoring.action_log_probs` runs the decoder,
-  then the LM head and log-softmax on response positions only (same numbers). With ring
-  attention, a VLM, or a model whose logits are not the plain head output (e.g. Gemma-2's
-  soft-capping), the actor keeps OpenRLHF's forward.
+  a reward needs them only for the response. `scoring.action_log_probs` makes the same model
+  call with `logits_to_keep` (the response window), so the LM head and log-softmax skip the
+  prompt (equal in fp32; bf16 may round the smaller matmul differently). With ring attention, a
+  VLM, or a model without `logits_to_keep`, the actor keeps OpenRLHF's forward.
 """
 
 from __future__ import annotations
@@ -68,11 +68,9 @@ class CoherentRewardActor(BaseModelActor):
 
     def _can_skip_prompt_logits(self, actor: Actor, path: str) -> bool:
         if self.strategy.ring_attn_group is not None or getattr(actor, "is_vlm", False):
-            return False
-        try:
-            scoring.check_plain_lm_head(actor.model)
-        except NotImplementedError as e:
-            self.strategy.print(f"coherent reward actor: {path}: full-vocabulary logits on every position ({e})")
+            return False  # ring attention needs OpenRLHF's packed, sliced forward
+        if not scoring.accepts_logits_to_keep(actor.model):
+            self.strategy.print(f"coherent reward actor: {path}: no logits_to_keep, full logits on every position")
             return False
         return True
 
@@ -82,8 +80,8 @@ class CoherentRewardActor(BaseModelActor):
         device = torch.cuda.current_device()
         sequences, action_mask, attention_mask = sequences.to(device), action_mask.to(device), attention_mask.to(device)
         if head_on_responses_only:
-            hf_model = model.model.module  # OpenRLHF's Actor -> DeepSpeed engine -> transformers model
-            log_probs = scoring.action_log_probs(hf_model, sequences, attention_mask, action_mask)
+            # OpenRLHF's Actor holds the DeepSpeed engine; calling it keeps ZeRO-3's hooks and prefetch.
+            log_probs = scoring.action_log_probs(model.model, sequences, attention_mask, action_mask)
         else:
             log_probs = model(
                 sequences,

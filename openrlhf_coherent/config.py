@@ -34,7 +34,8 @@ LEGACY_FLAGS = {
 
 
 class ConfigError(ValueError):
-    """A bad flag or input file, found before Ray starts. The CLIs print it and exit with status 2."""
+    """A bad flag or input file, found before Ray starts where possible (a bad row may show up later).
+    The CLIs print it as one line and exit with status 2 (`exit_status`)."""
 
 
 def exit_status(command: Callable[[], object]) -> int:

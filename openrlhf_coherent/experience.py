@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from typing import List
 
 import torch
@@ -128,6 +129,29 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         dense = {id(e.kl): e.info.pop("coherent_token_rewards") for e in experiences}
         with _add_token_rewards(dense):
             return super().compute_advantages_and_returns(experiences)
+
+    def cut_rollout_log_after(self, rollout_step: int) -> int:
+        """On resume: drop the rows of rollouts after the checkpoint, which the resumed run makes
+        again (and of a line cut by the kill), so each step appears once. Returns the rows dropped."""
+        path = self.coherent.rollout_log
+        if not path or not os.path.exists(path):
+            return 0
+        kept, dropped = [], 0
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    keep = json.loads(line)["step"] <= rollout_step
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    keep = False
+                if keep:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+                else:
+                    dropped += 1
+        if dropped:
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.writelines(kept)
+            os.replace(path + ".tmp", path)
+        return dropped
 
     def _write_rollout_log(self, experiences: List[Experience]) -> None:
         """Append one JSON line per sample: token ids, text, the reward and its terms."""

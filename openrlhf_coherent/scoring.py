@@ -11,8 +11,10 @@ fp32 per-token log-probs of the response tokens. Three things keep it cheap on s
 - Log-probs are computed in fp32 from the head's output, whatever dtype the model runs in
   (bf16 on GPUs): a sum over hundreds of bf16 log-probs would lose the differences we rank by.
 
-`action_log_probs(model, sequences, attention_mask, action_mask)` is the same computation on
-OpenRLHF's experience tensors; the coherent-reward Ray actor uses it.
+`action_log_probs(model, sequences, attention_mask, action_mask)` is the coherent-reward Ray
+actor's version on OpenRLHF's experience tensors: one whole-model call that asks for the logits
+of the response window only (`logits_to_keep`), so it also runs under ZeRO-3 and keeps any logit
+transform of the model.
 
 Rows are right-padded with explicit attention masks, so each real token keeps the position ids it
 has unpadded, and the result of a row does not depend on which rows share its batch.
@@ -20,6 +22,7 @@ has unpadded, and the result of a row does not depend on which rows share its ba
 
 from __future__ import annotations
 
+import inspect
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -51,7 +54,7 @@ def check_plain_lm_head(model) -> None:
     """The head-on-response-positions path calls the decoder and the output embedding separately,
     so it is only exact for models whose logits are that linear layer's output."""
     config = model.config
-    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier", "output_multiplier_scale"):
         if getattr(config, name, None) not in (None, 1.0):
             raise NotImplementedError(
                 f"{config.model_type}: config.{name} transforms the logits after the LM head; "
@@ -110,49 +113,51 @@ def response_log_probs(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False
         ).last_hidden_state
         picked = hidden[torch.cat(rows).to(device), torch.cat(cols).to(device)]  # (response tokens, hidden)
-        flat = head_log_probs(head, picked, torch.cat(targets).to(device), head_chunk).cpu()
+        target = torch.cat(targets).to(device)
+        token_log_probs = []
+        for h, t in zip(picked.split(head_chunk), target.split(head_chunk)):
+            logits = head(h).float()
+            token_log_probs.append(logits.gather(-1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+        flat = torch.cat(token_log_probs).cpu()
         for i, row_log_probs in zip(batch, flat.split([len(pairs[i][1]) for i in batch])):
             results[i] = row_log_probs
     return results
 
 
-def head_log_probs(head, hidden: torch.Tensor, targets: torch.Tensor, head_chunk: int) -> torch.Tensor:
-    """fp32 log p(target | hidden state) for rows of hidden states: the head and log-softmax run on
-    `head_chunk` rows at a time, so the fp32 logits never exceed head_chunk x vocab."""
-    out = []
-    for h, t in zip(hidden.split(head_chunk), targets.split(head_chunk)):
-        logits = head(h).float()
-        out.append(logits.gather(-1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+def accepts_logits_to_keep(model) -> bool:
+    """transformers' causal LMs (Llama, Mistral, Qwen, Gemma, Granite, ...) take `logits_to_keep`;
+    a remote-code model may not."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 @torch.no_grad()
-def action_log_probs(
-    model,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    action_mask: torch.Tensor,
-    head_chunk: int = 4096,
-) -> torch.Tensor:
-    """OpenRLHF's experience layout, the head only on response positions.
+def action_log_probs(model, sequences: torch.Tensor, attention_mask: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """OpenRLHF's experience layout, logits only for the response window.
 
-    Equal to `openrlhf.models.Actor(...)(sequences, action_mask, attention_mask)` at temperature 1
-    (same position ids: the attention mask's running count), without forming the logits of every
-    position: OpenRLHF's Actor builds fp32 logits of shape (batch, length, vocab), 6 GB for 8 rows
-    of 1.5k tokens with Llama-3's 128k vocabulary, and uses only the response's. Returns
-    (batch, A) fp32 with A = action_mask.size(1), zero where action_mask is 0.
+    The same as `openrlhf.models.Actor(...)(sequences, action_mask, attention_mask)` at
+    temperature 1 (same model call, same position ids: the attention mask's running count), except
+    that the model is asked for the logits of the last A+1 positions only (`logits_to_keep`), A =
+    action_mask.size(1). OpenRLHF's Actor turns the logits of every position into fp32 (batch x
+    length x vocab: 6 GB for 8 rows of 1.5k tokens with Llama-3's 128k vocabulary) and keeps the
+    response's. Equal in fp32; in bf16 the head's matmul on a smaller input may round differently.
+
+    `model` is called whole, once (a transformers model or the DeepSpeed engine around it): ZeRO-3
+    gathers each weight once per forward on every rank, and the model's own logit transforms
+    (soft-capping, scaling) apply. Returns (batch, A) fp32, zero where action_mask is 0.
     """
-    check_plain_lm_head(model)
+    num_actions = action_mask.size(1)
     position_ids = attention_mask.long().cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
-    hidden = model.base_model(
-        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    # action_mask covers the last A tokens; token t is predicted from position t-1.
-    first_predicting = sequences.size(1) - action_mask.size(1) - 1
-    rows, cols = action_mask.bool().nonzero(as_tuple=True)
-    log_probs = torch.zeros(action_mask.shape, dtype=torch.float32, device=sequences.device)
-    positions = cols + first_predicting
-    targets = sequences[rows, positions + 1]
-    log_probs[rows, cols] = head_log_probs(model.get_output_embeddings(), hidden[rows, positions], targets, head_chunk)
-    return log_probs
+    logits = model(
+        input_ids=sequences,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=num_actions + 1,
+        use_cache=False,
+    ).logits[:, :-1]  # position t predicts token t+1: the last position predicts nothing
+    targets = sequences[:, -num_actions:]
+    log_probs = torch.empty(action_mask.shape, dtype=torch.float32, device=sequences.device)
+    for row in range(len(sequences)):  # one row's fp32 logits at a time: A x vocab
+        row_logits = logits[row].float()
+        log_probs[row] = row_logits.gather(-1, targets[row, :, None])[:, 0] - torch.logsumexp(row_logits, dim=-1)
+    return log_probs * action_mask

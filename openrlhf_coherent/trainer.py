@@ -80,13 +80,25 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
 
     def init_checkpoint_states(self) -> Dict:
         states = super().init_checkpoint_states()
+        if not states["global_step"]:  # a fresh run
+            return states
         saved = states.get("coherent")
-        if saved:
-            self.experience_maker.rollout_step = saved["rollout_step"]
-            self.experience_maker.sft_logp_reference = saved["sft_logp_reference"]
-            if self.alarm is not None and saved["alarm"] is not None:
-                self.alarm.load_state_dict(saved["alarm"])
-            logger.info(f"openrlhf_coherent: resumed the coherent-reward state at rollout {saved['rollout_step']}")
+        if not saved:
+            logger.warning(
+                "openrlhf_coherent: this checkpoint has no coherent-reward state (written by another version?): "
+                "the alarm and --coherent.sft_logp_floor take their SFT reference from the first rollout after the resume"
+            )
+            return states
+        maker = self.experience_maker
+        maker.rollout_step = saved["rollout_step"]
+        maker.sft_logp_reference = saved["sft_logp_reference"]
+        if self.alarm is not None and saved["alarm"] is not None:
+            self.alarm.load_state_dict(saved["alarm"])
+        dropped = maker.cut_rollout_log_after(maker.rollout_step)
+        logger.info(
+            f"openrlhf_coherent: resumed the coherent-reward state at rollout {maker.rollout_step}"
+            + (f"; dropped {dropped} rollout-log rows written after that checkpoint (redone now)" if dropped else "")
+        )
         return states
 
     def _compute_rollout_stats(self, experiences) -> Dict:

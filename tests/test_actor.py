@@ -96,9 +96,9 @@ def test_actor_group_matches_plain_transformers_in_fp32(tiny_models, ray_cluster
 
 
 def test_head_on_responses_only_equals_openrlhf_actor_forward(tiny_models):
-    """scoring.action_log_probs (the actor's forward) against OpenRLHF's own Actor.forward on the
-    same left-padded batch: full-length action masks, a shorter last-A window, and a masked-out
-    tail (a response that ended early)."""
+    """scoring.action_log_probs (the actor's forward: logits of the response window only) against
+    OpenRLHF's own Actor.forward on the same left-padded batch: full-length action masks, a shorter
+    last-A window, and a masked-out tail (a response that ended early)."""
     from openrlhf.models import Actor
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -116,7 +116,7 @@ def test_head_on_responses_only_equals_openrlhf_actor_forward(tiny_models):
     for action_mask in (batch.action_mask, window):
         with torch.no_grad():
             expected = actor(batch.sequences, action_mask, batch.attention_mask)
-        got = action_log_probs(actor.model, batch.sequences, batch.attention_mask, action_mask, head_chunk=5)
+        got = action_log_probs(actor.model, batch.sequences, batch.attention_mask, action_mask)
         assert got.dtype == torch.float32 and got.shape == action_mask.shape
         torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-5)
         assert torch.all(got[action_mask == 0] == 0)

@@ -90,11 +90,11 @@ def test_srppo_gae_run_is_killed_resumes_and_trains_on_the_exact_coherent_reward
     assert os.listdir(out / "tensorboard" / "ppo"), "TensorBoard logs were not written"
 
     rows = check_rewards_match_independent_computation(str(out), sft, base, 4)
-    # The re-run's rows come last, numbered on from the checkpoint (2 samples per rollout).
-    resumed = rows[-2 * (4 - k) :]
-    assert [r["step"] for r in resumed] == [s for s in range(k + 1, 5) for _ in range(2)]
+    # Each rollout once (2 samples each): rows the killed run wrote after checkpoint k were cut on
+    # resume, and the re-run numbered its rollouts on from the checkpoint.
+    assert [r["step"] for r in rows] == [s for s in range(1, 5) for _ in range(2)]
     # rollout/reward_mean (OpenRLHF's own stat) is the mean of the rewards it trained on.
-    last = [r["reward"] for r in resumed[-2:]]
+    last = [r["reward"] for r in rows[-2:]]
     assert metric(steps[-1][1], "rollout/reward_mean") == pytest.approx(sum(last) / len(last), rel=1e-4, abs=1e-4)
 
     # A third run finds every stage complete and starts nothing.
