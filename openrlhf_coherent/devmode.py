@@ -13,7 +13,7 @@ GPU or not, because OpenRLHF imports these at module import time):
     `openrlhf.models.ring_attn_utils`. `flash_attn.ops` stays missing so
     `models.utils.log_probs_from_logits` takes its ImportError fallback.
 
-Runtime shims (`apply`, only when CUDA is unavailable; each names what it patches):
+Runtime shims (`settle("cpu", ...)`, only in the CPU mode; each names what it patches):
   - `torch.cuda.set_device/current_device/synchronize/empty_cache`: OpenRLHF calls them
     unconditionally; `current_device()` returns the CPU device so `.to(current_device())` works.
   - `NaiveReplayBuffer.__init__`: its `target_device` is built as `f"cuda:{current_device()}"`.
@@ -30,8 +30,21 @@ Runtime shims (`apply`, only when CUDA is unavailable; each names what it patche
     adds it to `--ds.param_dtype`'s choices): exact fp32 models for tests; DeepSpeed then enables
     neither bf16 nor fp16.
 
-Every process needs them: the driver calls `apply()` before `ray.init(**ray_init_kwargs())`,
-whose runtime_env runs `apply` again as each Ray worker's `worker_process_setup_hook`.
+Where the dev mode is on: one decision per job, never from a Ray worker's CUDA and never from
+the driver's CUDA alone when the job runs on a cluster (`job_device`):
+  - `OPENRLHF_COHERENT_DEVICE=cpu|cuda` decides explicitly; `auto` (the default) decides from
+    where the work runs:
+  - a Ray started here (no RAY_ADDRESS, no `ray start` cluster on this machine): this machine,
+    i.e. `torch.cuda.is_available()` in the driver;
+  - a running cluster (RAY_ADDRESS, `ray job submit`, a local `ray start`): its nodes, read over a
+    short probe connection. GPUs that Ray detected (it adds an `accelerator_type:<model>` resource
+    only when it finds the hardware) mean CUDA; no GPUs, or GPUs declared by hand
+    (`ray start --num-gpus N` on CPU machines: this mode's fake GPUs) mean the CPU mode.
+The driver passes the decision to every worker in `runtime_env.env_vars` and its set-up hook
+(`worker_setup`) only reads it: calling `torch.cuda.is_available()` there would pin the worker's
+visible devices before Ray sets CUDA_VISIBLE_DEVICES for the actor. The driver applies the shims
+to itself once decided (`settle`). Processes that run where they are (DeepSpeed CLIs, a
+sitecustomize child) call `apply()`, which decides from the switch or this process's CUDA.
 
 Not shimmed: the attention default (flash_attention_2; pass `--ds.attn_implementation eager` or
 `sdpa`), `--ds.enable_sleep` (DeepSpeed state offload needs FusedAdam) and `--train.enable_ema`
@@ -49,11 +62,17 @@ import sys
 import types
 import uuid
 from dataclasses import dataclass
-from typing import Optional, TypedDict
+from typing import List, Optional, Tuple, TypedDict
 
 logger = logging.getLogger(__name__)
 
-_applied = False
+# This process's decision once taken ("cpu": the dev mode's runtime shims are applied; "cuda":
+# they never will be), and why, for the one log line that announces it.
+_decision: Optional[str] = None
+
+# The explicit switch. Read by every process; the driver writes its decision into the workers' env.
+DEVICE_ENV = "OPENRLHF_COHERENT_DEVICE"
+DEVICES = ("auto", "cpu", "cuda")
 
 # OpenRLHF's own defaults for these (cli/train_ppo_ray.py::train), kept user-overridable.
 _OPENRLHF_ENV_DEFAULTS = {
@@ -63,28 +82,56 @@ _OPENRLHF_ENV_DEFAULTS = {
 }
 
 
-def cpu_mode() -> bool:
-    """True iff CUDA is unavailable, i.e. the runtime shims are needed."""
+class DeviceError(ValueError):
+    """A device set-up that cannot work (names OPENRLHF_COHERENT_DEVICE or the cluster); the CLIs
+    report it like a bad flag (exit status 2, before any model is loaded)."""
+
+
+def requested_device() -> str:
+    """The explicit switch: OPENRLHF_COHERENT_DEVICE = cpu | cuda | auto (default)."""
+    value = os.environ.get(DEVICE_ENV, "").strip().lower() or "auto"
+    if value not in DEVICES:
+        raise DeviceError(f"{DEVICE_ENV}={value!r}: choose one of {', '.join(DEVICES)}")
+    return value
+
+
+def local_device() -> Tuple[str, str]:
+    """(device, reason) for work that runs in this process, where it is: the switch, else whether
+    this process sees CUDA. Not for a Ray worker (see the module docstring) nor for a driver whose
+    work runs on a cluster (`job_device`)."""
+    requested = requested_device()
+    if requested != "auto":
+        return requested, f"{DEVICE_ENV}={requested}"
     import torch
 
-    return not torch.cuda.is_available()
+    if torch.cuda.is_available():
+        return "cuda", "CUDA is available here"
+    return "cpu", "CUDA not available here"
 
 
-def apply() -> None:
-    """Install the import stand-ins and, on a machine without CUDA, the runtime shims. Idempotent."""
-    global _applied
-    if _applied:
-        return
+def cpu_mode() -> bool:
+    """True iff this process runs (or, not decided yet, would run) in the CPU development mode."""
+    if _decision is not None:
+        return _decision == "cpu"
+    return local_device()[0] == "cpu"
+
+
+def settle(device: str, reason: str) -> None:
+    """Take this process's decision once: install the import stand-ins and, for "cpu", the runtime
+    shims. A second, different decision is a bug (shims cannot be taken back): it raises."""
+    global _decision
     install_import_stand_ins()
-    _applied = True
-    if not cpu_mode():
+    if _decision is not None:
+        if _decision != device:
+            raise RuntimeError(f"openrlhf_coherent dev mode: this process already runs on {_decision}, cannot switch to {device}")
         return
-    # On a loaded 2-core machine the raylet can take longer than Ray's default 60 s to register
-    # (seen in CI-like runs with other jobs on the cores); only the driver's ray.init reads this.
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+    _decision = device
+    if device != "cpu":
+        return
     logger.warning(
-        "openrlhf_coherent dev mode: CUDA not available, applying CPU shims "
-        "(torch.cuda no-ops, gloo, torch AdamW, HF-generate rollout engine, object-store weight sync)"
+        "openrlhf_coherent dev mode (%s): applying CPU shims (torch.cuda no-ops, gloo, torch AdamW, "
+        "HF-generate rollout engine, object-store weight sync)",
+        reason,
     )
     _patch_torch_cuda()
     _patch_replay_buffer_device()
@@ -94,24 +141,120 @@ def apply() -> None:
     _patch_fp32_param_dtype()
 
 
-def ray_init_kwargs(num_gpus: int = 8) -> dict:
-    """Keyword arguments for `ray.init()` so OpenRLHF's placement groups and workers run here.
+def apply() -> None:
+    """For a process whose work runs where it is (DeepSpeed CLIs, the evaluator's driver, a child
+    with `cpu_site` on its path): import stand-ins, and the CPU shims when `local_device()` says
+    cpu. Idempotent."""
+    if _decision is None:
+        settle(*local_device())
+    else:
+        install_import_stand_ins()
 
-    On CPU: `num_gpus` declared (fake) GPUs, enough CPU slots for one actor per GPU bundle plus
-    the PPO controller, and every worker runs `apply`. With CUDA, workers only get the import
-    stand-ins: calling `torch.cuda.is_available()` at worker start-up would pin the worker's
-    visible devices before Ray sets CUDA_VISIBLE_DEVICES for the actor.
+
+def worker_setup() -> None:
+    """`worker_process_setup_hook` of the Ray workers of a job started by `ray_init_settings`: the
+    driver's decision arrives in OPENRLHF_COHERENT_DEVICE. No CUDA query here (see the docstring)."""
+    requested = requested_device()
+    if requested == "auto":
+        # Not written by our driver (a hand-made runtime_env): the stock, CUDA behaviour.
+        settle("cuda", f"{DEVICE_ENV} not set by the driver")
+    else:
+        settle(requested, "decided by the driver")
+
+
+def joins_existing_cluster(address: Optional[str] = None, temp_dir: Optional[str] = None) -> bool:
+    """Whether `ray.init(address=address)` connects to a running cluster rather than starting one.
+    Ray's own resolution: RAY_ADDRESS, then a cluster `ray start` left on this machine."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("ray://"):
+        return True  # Ray Client
+    from ray._private import services
+
+    services.find_gcs_addresses.cache_clear()  # ray.init clears it too: clusters come and go
+    return services.canonicalize_bootstrap_address(address, temp_dir) is not None
+
+
+def device_from_nodes(nodes: List[dict]) -> Tuple[str, str]:
+    """(device, reason) from `ray.nodes()`: "cuda" iff an alive node has GPUs that Ray detected."""
+    alive = [node for node in nodes if node.get("Alive", True)]
+    gpus = sum(node.get("Resources", {}).get("GPU", 0) for node in alive)
+    detected = sorted(
+        {
+            key.split(":", 1)[1]
+            for node in alive
+            if node.get("Resources", {}).get("GPU", 0)
+            for key in node.get("Resources", {})
+            if key.startswith("accelerator_type:")
+        }
+    )
+    if detected:
+        return "cuda", f"the Ray cluster has {gpus:g} GPUs ({', '.join(detected)})"
+    if gpus:
+        return "cpu", f"the Ray cluster declares {gpus:g} GPUs but Ray detected no GPU hardware (fake GPUs)"
+    return "cpu", "the Ray cluster has no GPUs"
+
+
+def _probe_cluster(address: Optional[str], temp_dir: Optional[str]) -> List[dict]:
+    """The nodes of the running cluster, over a connection closed again before the job's own
+    `ray.init` (whose runtime_env must already carry the decision to the workers)."""
+    import ray
+
+    probe_kwargs = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
+    if temp_dir:
+        probe_kwargs["_temp_dir"] = temp_dir
+    ray.init(**probe_kwargs)
+    try:
+        return ray.nodes()
+    finally:
+        ray.shutdown()
+
+
+def job_device(address: Optional[str] = None, temp_dir: Optional[str] = None, num_gpus: int = 0) -> Tuple[str, str, bool]:
+    """(device, reason, joining) for a Ray job this process is about to start or join (see the
+    module docstring). In the CPU mode on a cluster that declares no GPUs at all, OpenRLHF's
+    placement groups would wait forever: that raises DeviceError instead."""
+    requested = requested_device()
+    joining = joins_existing_cluster(address, temp_dir)
+    if not joining:
+        device, reason = local_device()
+        return device, reason + " (Ray starts on this machine)", False
+    if requested == "cuda":
+        return "cuda", f"{DEVICE_ENV}=cuda", True
+    nodes = _probe_cluster(address, temp_dir)
+    device, reason = device_from_nodes(nodes)
+    if requested == "cpu":
+        device, reason = "cpu", f"{DEVICE_ENV}=cpu; {reason}"
+    if device == "cpu":
+        declared = sum(n.get("Resources", {}).get("GPU", 0) for n in nodes if n.get("Alive", True))
+        if not declared:
+            raise DeviceError(
+                f"the Ray cluster this job joins has no GPUs, and the CPU development mode cannot add any to a "
+                f"running cluster: start it with `ray start --head --num-gpus {max(num_gpus, 1)}` (fake GPUs), or, "
+                f"if its GPU nodes start on demand, set {DEVICE_ENV}=cuda"
+            )
+        if declared < num_gpus:
+            logger.warning("the Ray cluster declares %g GPUs; this job asks for up to %d", declared, num_gpus)
+    return device, reason, True
+
+
+def ray_init_settings(num_gpus: int = 8, address: Optional[str] = None, temp_dir: Optional[str] = None) -> Tuple[str, str, dict]:
+    """(device, reason, kwargs for `ray.init()`) for a job this process starts or joins.
+
+    Every worker gets the decision (OPENRLHF_COHERENT_DEVICE) and `worker_setup` as its set-up
+    hook. Starting a local Ray in the CPU mode, the kwargs also declare `num_gpus` fake GPUs and
+    enough CPU slots for one actor per GPU bundle plus the PPO controller; joining a running
+    cluster they declare nothing (Ray refuses num_gpus/num_cpus there).
     """
+    device, reason, joining = job_device(address, temp_dir, num_gpus)
     env_vars = {key: os.environ.get(key, default) for key, default in _OPENRLHF_ENV_DEFAULTS.items()}
-    if not cpu_mode():
-        hook = f"{__name__}.install_import_stand_ins"
-        return {"runtime_env": {"worker_process_setup_hook": hook, "env_vars": env_vars}}
-    runtime_env = {"worker_process_setup_hook": f"{__name__}.apply", "env_vars": env_vars}
-    if os.environ.get("RAY_ADDRESS"):
-        # Joining a running cluster (RAY_ADDRESS, as inside `ray job submit`): Ray refuses
-        # num_gpus/num_cpus there; `ray start --num-gpus N` declared the fake GPUs.
-        return {"runtime_env": runtime_env}
-    return {
+    env_vars[DEVICE_ENV] = device
+    runtime_env = {"worker_process_setup_hook": f"{__name__}.worker_setup", "env_vars": env_vars}
+    if device == "cuda" or joining:
+        return device, reason, {"runtime_env": runtime_env}
+    # On a loaded 2-core machine the raylet can take longer than Ray's default 60 s to register
+    # (seen in CI-like runs with other jobs on the cores); only the driver's ray.init reads this.
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+    return device, reason, {
         "num_gpus": num_gpus,
         # OpenRLHF asks 1 CPU per GPU bundle, and 1 for the PPOTrainer actor: oversubscribe
         # the real cores, the actors mostly take turns.
@@ -119,6 +262,18 @@ def ray_init_kwargs(num_gpus: int = 8) -> dict:
         "include_dashboard": False,
         "runtime_env": runtime_env,
     }
+
+
+def ray_init_kwargs(num_gpus: int = 8, address: Optional[str] = None) -> dict:
+    """`ray_init_settings`' kwargs, with the decision also applied to this process (the driver)."""
+    device, reason, kwargs = ray_init_settings(num_gpus, address)
+    if _decision is None:
+        settle(device, reason)
+    elif _decision != device:
+        # A driver that called `apply()` first (the evaluator tools) keeps its own shims: its workers,
+        # where the models run, follow the job's decision.
+        logger.warning("openrlhf_coherent dev mode: this driver runs on %s, its Ray workers on %s (%s)", _decision, device, reason)
+    return kwargs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,12 +486,23 @@ def _patch_fp32_param_dtype() -> None:
 
 
 def allow_fp32_param_dtype(parser) -> None:
-    """Add "fp32" to `--ds.param_dtype`'s choices (CPU dev mode only: OpenRLHF has no fp32 path on GPUs)."""
-    if not cpu_mode():
+    """Add "fp32" to `--ds.param_dtype`'s choices (CPU dev mode only: OpenRLHF has no fp32 path on GPUs).
+    Before a Ray job's device is decided (auto), it is allowed here and refused later if the job
+    runs on CUDA (`plugin.CoherentRewardPlugin.ray_init_kwargs`)."""
+    if _decision == "cuda" or requested_device() == "cuda":
+        return
+    if _decision is None and requested_device() == "auto" and not _may_join_a_cluster() and local_device()[0] == "cuda":
         return
     for action in parser._actions:
         if "--ds.param_dtype" in action.option_strings and action.choices and FP32 not in action.choices:
             action.choices = [*action.choices, FP32]
+
+
+def _may_join_a_cluster() -> bool:
+    try:
+        return joins_existing_cluster()
+    except Exception:  # no Ray installed, a malformed RAY_ADDRESS: ray.init will say so
+        return False
 
 
 def _patch_rollout_engine() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from typing import List
 
@@ -27,6 +28,8 @@ from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
 from .reward import coherent_reward
+
+logger = logging.getLogger("openrlhf_coherent")
 
 
 class CoherentExperienceMaker(RemoteExperienceMaker):
@@ -77,18 +80,17 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         c = self.coherent
         options = dict(reward_type=c.reward_type, aggregate=c.aggregate, scale=c.scale, token_clip=c.token_clip)
         results = [
-            coherent_reward(sft, t["base"], samples.action_mask, **options)
+            coherent_reward(sft, t["base"], reward_mask(samples, getattr(c, "sft_only_eos_token_id", None)), **options)
             for samples, t, sft in zip(samples_list, terms, sft_log_probs)
         ]
+        self._keep_sft_reference(results)
         if self.coherent.sft_logp_floor is not None:
             self._apply_sft_logp_floor(results)
 
         for samples, result in zip(samples_list, results):
             if result.token_rewards is not None:
                 samples.info["coherent_token_rewards"] = result.token_rewards  # consumed below, not logged
-                logged_reward = result.token_rewards.sum(dim=-1)
-            else:
-                logged_reward = result.reward
+            logged_reward = total_reward(result)
             samples.rewards = result.reward
             # Per-sample diagnostics: OpenRLHF's actor averages every info tensor into its training
             # status (logged next to its own metrics); the trainer logs rollout-level coherent/* stats.
@@ -99,15 +101,34 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             samples.info["coherent_log_ratio"] = result.log_ratio_sum
         return samples_list
 
+    def _keep_sft_reference(self, results) -> None:
+        """The SFT model's own samples (the first rollout of a fresh run) anchor the floor guard: their
+        mean per-token log p_SFT is kept, and checkpointed, whether or not a guard is on, so a guard
+        switched on at a resume compares with the SFT model, not with the policy being resumed."""
+        if self.sft_logp_reference is not None:
+            return
+        if self.rollout_step > 0:
+            if self.coherent.sft_logp_floor is None:
+                return  # resumed from a checkpoint without one: nothing measured it from the SFT model
+            logger.warning(
+                "openrlhf_coherent: --coherent.sft_logp_floor is on but the checkpoint resumed from holds no SFT "
+                "reference (written by an older version): the floor is anchored to this rollout's policy, not "
+                "to the SFT model's own samples"
+            )
+        per_token = torch.cat([r.sft_log_prob / r.length.clamp(min=1) for r in results])
+        self.sft_logp_reference = per_token.mean().item()
+
     def _apply_sft_logp_floor(self, results) -> None:
         """Typical-set guard: a response the SFT model itself finds far less likely per token than its
         own samples is outside what the demonstrations taught; there the reward is dominated by what
-        the base finds unlikely (the repetition hack), so it gets the rollout's lowest reward instead."""
+        the base finds unlikely (the repetition hack), so it gets the rollout's lowest reward instead.
+
+        "Reward" is the total a sample gets: for the token-wise variant the sum of its per-token
+        rewards. A floored token-wise sample loses its per-token rewards and gets the rollout's lowest
+        total as one scalar at its last token."""
         per_token = [r.sft_log_prob / r.length.clamp(min=1) for r in results]
-        if self.sft_logp_reference is None:  # first rollout: the SFT model's own samples
-            self.sft_logp_reference = torch.cat(per_token).mean().item()
         floor = self.sft_logp_reference - self.coherent.sft_logp_floor
-        lowest = min(r.reward.min().item() for r in results)
+        lowest = min(total_reward(r).min().item() for r in results)
         for result, ppt in zip(results, per_token):
             off = ppt < floor
             result.reward = torch.where(off, torch.full_like(result.reward, lowest), result.reward)
@@ -117,18 +138,24 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
 
     @torch.no_grad()
     def compute_advantages_and_returns(self, experiences: List[Experience]) -> List[Experience]:
-        # Logged here, not in make_experience: these are exactly the rewards OpenRLHF shapes next.
         self.rollout_step += 1
+        if self.coherent.reward_type != "token":
+            experiences = super().compute_advantages_and_returns(experiences)
+        else:
+            # Token-wise variant (eq. 8): OpenRLHF's compute_reward only places a scalar on the last
+            # token. Add each experience's per-token rewards to what it returns, matched by the
+            # experience's KL tensor, which the parent passes to compute_reward for that experience.
+            dense = [e.info.pop("coherent_token_rewards") for e in experiences]
+            with _add_token_rewards({id(e.kl): d for e, d in zip(experiences, dense)}):
+                experiences = super().compute_advantages_and_returns(experiences)
+            # The parent's length penalties reset info["reward"] to the scalar part (0 here, plus any
+            # overlong penalty): make it the total again, for rollout/reward_mean and its "Sample:" line.
+            for e, d in zip(experiences, dense):
+                e.info["reward"] = e.rewards + d.to(e.rewards.dtype).sum(dim=-1)
+        # Logged after the parent's length penalties: the reward PPO trains on (before baselines and KL).
         if self.coherent.rollout_log:
             self._write_rollout_log(experiences)
-        if self.coherent.reward_type != "token":
-            return super().compute_advantages_and_returns(experiences)
-        # Token-wise variant (eq. 8): OpenRLHF's compute_reward only places a scalar on the last
-        # token. Add each experience's per-token rewards to what it returns, matched by the
-        # experience's KL tensor, which the parent passes to compute_reward for that experience.
-        dense = {id(e.kl): e.info.pop("coherent_token_rewards") for e in experiences}
-        with _add_token_rewards(dense):
-            return super().compute_advantages_and_returns(experiences)
+        return experiences
 
     def cut_rollout_log_after(self, rollout_step: int) -> int:
         """On resume: drop the rows of rollouts after the checkpoint, which the resumed run makes
@@ -168,13 +195,38 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                         "response": self.tokenizer.decode(response_ids, skip_special_tokens=True),
                         "prompt_ids": prompt_ids,
                         "response_ids": response_ids,
-                        "reward": e.rewards[i].item(),
+                        "reward": e.info["reward"][i].item(),
                         "sft_logp": e.info["coherent_sft_logp"][i].item(),
                         "base_logp": e.info["coherent_base_logp"][i].item(),
                         "truncated": bool(e.truncated[i].item()) if e.truncated is not None else None,
                         "label": e.labels[i] if i < len(e.labels) else None,
                     }
                     f.write(json.dumps(row) + "\n")
+
+
+def total_reward(result) -> torch.Tensor:
+    """(B,) what each sample gets in all: the scalar plus, for the token-wise variant, its per-token rewards."""
+    if result.token_rewards is None:
+        return result.reward
+    return result.reward + result.token_rewards.sum(dim=-1)
+
+
+def reward_mask(samples, sft_only_eos_token_id) -> torch.Tensor:
+    """The response positions the coherent reward counts: `action_mask`, less the final token of a
+    finished response when it is an EOS the SFT tokenizer has and the base's has not (see
+    `config.check_same_tokenizer`): the base would score it as an ordinary, often very unlikely
+    token, a near-constant bonus for every finished response. Excluded from both terms."""
+    mask = samples.action_mask
+    if sft_only_eos_token_id is None:
+        return mask
+    positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
+    last = torch.where(mask.bool(), positions, -1).max(dim=-1).values  # last response position, -1 if none
+    rows = torch.arange(mask.size(0), device=mask.device)
+    # action position j is the token sequences[:, j + 1]
+    ends_with_sft_eos = (last >= 0) & (samples.sequences[rows, last.clamp(min=0) + 1] == sft_only_eos_token_id)
+    mask = mask.clone()
+    mask[rows[ends_with_sft_eos], last[ends_with_sft_eos]] = 0
+    return mask
 
 
 @contextlib.contextmanager

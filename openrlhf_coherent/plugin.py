@@ -35,6 +35,28 @@ def fake_gpus_needed(args) -> int:
     return total
 
 
+def warn_unused_coherent_flags(args) -> None:
+    """`--coherent.*` flags set on a run that does not select the coherent reward do nothing: say so."""
+    import argparse
+
+    defaults = argparse.ArgumentParser(add_help=False)
+    config.add_coherent_arguments(defaults)
+    default_values = vars(defaults.parse_args([]))
+    coherent = getattr(args, "coherent", None)
+    if coherent is None:
+        return
+    changed = [
+        f"--{key}"
+        for key, default in default_values.items()
+        if key.startswith("coherent.") and getattr(coherent, key.split(".", 1)[1], default) != default
+    ]
+    if changed:
+        logger.warning(
+            "openrlhf_coherent: %s set, but --reward.model_name_or_path is %r, not %r: these flags have no effect",
+            ", ".join(changed), args.reward.model_name_or_path, config.COHERENT,
+        )  # fmt: skip
+
+
 class CoherentRewardPlugin:
     name = config.COHERENT
 
@@ -43,22 +65,41 @@ class CoherentRewardPlugin:
         devmode.allow_fp32_param_dtype(parser)
 
     def selected(self, args) -> bool:
+        """The one test of "this run uses the coherent reward", on the parsed value (argparse also
+        accepts abbreviated flag names): the CLI installs the reward actor and trainer by it, and
+        validation runs by it."""
         return args.reward.model_name_or_path == self.name
 
     def validate(self, args) -> None:
         if self.selected(args):
             config.validate(args)
+        else:
+            warn_unused_coherent_flags(args)
         self._args = args
 
     def ray_init_kwargs(self, kwargs: dict) -> dict:
-        """Merge the CPU dev-mode settings (fake GPU resources, per-worker shims) into OpenRLHF's
-        `ray.init` kwargs. On a CUDA machine only the worker setup hook is added (a no-op there
-        unless vllm/flash_attn are missing)."""
-        extra = devmode.ray_init_kwargs(fake_gpus_needed(self._args))
+        """OpenRLHF's `ray.init` kwargs plus the job's device decision (`devmode.ray_init_settings`:
+        from OPENRLHF_COHERENT_DEVICE, or the cluster the job joins, or this machine), which every
+        worker receives; in the CPU mode starting a local Ray, fake GPU resources. The decision is
+        also applied to this driver (the CPU rollout engine in place of vLLM's, ...) here."""
+        try:
+            device, reason, extra = devmode.ray_init_settings(
+                fake_gpus_needed(self._args), kwargs.get("address"), kwargs.get("_temp_dir")
+            )
+        except devmode.DeviceError as e:
+            raise config.ConfigError(str(e)) from None
+        if device == "cuda" and self._args.ds.param_dtype == devmode.FP32:
+            raise config.ConfigError(
+                f"--ds.param_dtype fp32 exists only in the CPU development mode, and this job runs on CUDA ({reason}): "
+                "use bf16 (or set OPENRLHF_COHERENT_DEVICE=cpu)"
+            )
+        devmode.settle(device, reason)
+        logger.warning("openrlhf_coherent: this job runs on %s (%s)", device, reason)
         merged = dict(kwargs)
         runtime_env = dict(kwargs.get("runtime_env") or {})
         extra_env = extra.pop("runtime_env", {})
         runtime_env["env_vars"] = {**extra_env.get("env_vars", {}), **runtime_env.get("env_vars", {})}
+        runtime_env["env_vars"][devmode.DEVICE_ENV] = device  # the decision itself is not the caller's to override
         runtime_env.update({k: v for k, v in extra_env.items() if k != "env_vars"})
         merged.update(extra)
         merged["runtime_env"] = runtime_env

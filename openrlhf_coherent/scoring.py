@@ -136,8 +136,8 @@ def action_log_probs(model, sequences: torch.Tensor, attention_mask: torch.Tenso
 
     The same as `openrlhf.models.Actor(...)(sequences, action_mask, attention_mask)` at
     temperature 1 (same model call, same position ids: the attention mask's running count), except
-    that the model is asked for the logits of the last A+1 positions only (`logits_to_keep`), A =
-    action_mask.size(1). OpenRLHF's Actor turns the logits of every position into fp32 (batch x
+    that the model is asked for the logits from the batch's first response position on
+    (`logits_to_keep`). OpenRLHF's Actor turns the logits of every position into fp32 (batch x
     length x vocab: 6 GB for 8 rows of 1.5k tokens with Llama-3's 128k vocabulary) and keeps the
     response's. Equal in fp32; in bf16 the head's matmul on a smaller input may round differently.
 
@@ -146,18 +146,33 @@ def action_log_probs(model, sequences: torch.Tensor, attention_mask: torch.Tenso
     (soft-capping, scaling) apply. Returns (batch, A) fp32, zero where action_mask is 0.
     """
     num_actions = action_mask.size(1)
+    log_probs = torch.zeros(action_mask.shape, dtype=torch.float32, device=sequences.device)
+    first = first_response_position(action_mask)
+    if first is None:
+        return log_probs
     position_ids = attention_mask.long().cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
+    # Action j (of A) is token S-A+j, predicted at position S-A-1+j: keep the positions from the
+    # first action any row has on (the last one predicts nothing). In OpenRLHF 0.11.2 action_mask
+    # spans all of sequences[:, 1:] (A = S-1), so its width alone would keep every position; the
+    # batch's first response position is what trims the prompt.
+    # The number kept may differ between ZeRO-3 ranks: it only slices hidden states before the LM
+    # head, every rank still makes the same model call and the same parameter gathers.
     logits = model(
         input_ids=sequences,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        logits_to_keep=num_actions + 1,
+        logits_to_keep=num_actions + 1 - first,
         use_cache=False,
-    ).logits[:, :-1]  # position t predicts token t+1: the last position predicts nothing
-    targets = sequences[:, -num_actions:]
-    log_probs = torch.empty(action_mask.shape, dtype=torch.float32, device=sequences.device)
-    for row in range(len(sequences)):  # one row's fp32 logits at a time: A x vocab
+    ).logits[:, :-1]
+    targets = sequences[:, sequences.size(1) - num_actions + first :]
+    for row in range(len(sequences)):  # one row's fp32 logits at a time: (A - first) x vocab
         row_logits = logits[row].float()
-        log_probs[row] = row_logits.gather(-1, targets[row, :, None])[:, 0] - torch.logsumexp(row_logits, dim=-1)
+        log_probs[row, first:] = row_logits.gather(-1, targets[row, :, None])[:, 0] - torch.logsumexp(row_logits, dim=-1)
     return log_probs * action_mask
+
+
+def first_response_position(action_mask: torch.Tensor) -> Optional[int]:
+    """The first column where any row's action_mask is 1 (None if no row has a response token)."""
+    columns = action_mask.bool().any(dim=0).nonzero()
+    return int(columns[0]) if len(columns) else None

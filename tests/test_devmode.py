@@ -124,20 +124,23 @@ def test_apply_is_idempotent_and_logs_once():
     assert result.stderr.count("openrlhf_coherent dev mode") == expected, result.stderr
 
 
-def test_ray_init_kwargs(monkeypatch):
+def test_ray_init_settings(monkeypatch):
+    """Starting a local Ray: the decision is this machine's; every worker receives it and only reads it."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    kwargs = devmode.ray_init_kwargs(num_gpus=4)
+    monkeypatch.delenv(devmode.DEVICE_ENV, raising=False)
+    device, reason, kwargs = devmode.ray_init_settings(num_gpus=4)
     runtime_env = kwargs["runtime_env"]
     assert runtime_env["env_vars"]["TOKENIZERS_PARALLELISM"] in ("true", os.environ.get("TOKENIZERS_PARALLELISM"))
-    if devmode.cpu_mode():
-        assert kwargs["num_gpus"] == 4 and kwargs["num_cpus"] >= 6
-        assert runtime_env["worker_process_setup_hook"] == "openrlhf_coherent.devmode.apply"
-    else:  # GPU box: workers only get the import stand-ins, never a CUDA query at start-up
-        assert runtime_env["worker_process_setup_hook"] == "openrlhf_coherent.devmode.install_import_stand_ins"
-    # Joining a running cluster (inside `ray job submit`): Ray refuses num_gpus/num_cpus there.
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    joining = devmode.ray_init_kwargs(num_gpus=4)
-    assert "num_gpus" not in joining and "num_cpus" not in joining and joining["runtime_env"] == runtime_env
+    assert runtime_env["worker_process_setup_hook"] == "openrlhf_coherent.devmode.worker_setup"
+    assert runtime_env["env_vars"][devmode.DEVICE_ENV] == device
+    if device == "cpu":
+        assert kwargs["num_gpus"] == 4 and kwargs["num_cpus"] >= 6 and "CUDA not available" in reason
+    else:
+        assert "num_gpus" not in kwargs
+    # The explicit switch wins over this machine.
+    monkeypatch.setenv(devmode.DEVICE_ENV, "cuda")
+    forced_device, forced_reason, forced = devmode.ray_init_settings(num_gpus=4)
+    assert forced_device == "cuda" and "OPENRLHF_COHERENT_DEVICE=cuda" in forced_reason and "num_gpus" not in forced
 
 
 # ---- CPU rollout engine -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ installed at exactly the points where `patches/` would call them in stock OpenRL
 
   argparse parse_args          -> plugin.add_arguments  (our flags join OpenRLHF's parser)
   openrlhf.utils.config.hierarchize -> plugin.validate  (before Ray starts)
-  ray.init                     -> plugin.ray_init_kwargs (CPU dev mode: fake GPUs, worker shims)
+  ray.init                     -> plugin.ray_init_kwargs (the job's device; CPU dev mode: fake GPUs, worker shims)
   launcher.RewardModelActor    -> plugin.reward_actor_class
   ppo_trainer.PPOTrainer       -> plugin.trainer_class
 
@@ -79,15 +79,18 @@ class _ParseOnlyPlugin(CoherentRewardPlugin):
         raise _Parsed(args)
 
 
-def parse_args(argv: Sequence[str]):
-    """The `args` tree OpenRLHF's own parser builds for a train_ppo_ray command line (after
-    `hierarchize` and the plugin's validation, before OpenRLHF's later defaults); starts nothing."""
-    argv = config.translate_legacy_flags(argv)
-    devmode.apply()
+class _SelectionProbe(CoherentRewardPlugin):
+    """Parses only: which reward the command line selects, as OpenRLHF's parser reads it."""
+
+    def validate(self, args) -> None:
+        raise _Parsed(args)
+
+
+def _parse(argv: Sequence[str], plugin: CoherentRewardPlugin):
     saved_argv = sys.argv
     sys.argv = [OPENRLHF_CLI, *argv]
     try:
-        with plugin_installed(_ParseOnlyPlugin(), coherent=False):
+        with plugin_installed(plugin, coherent=False):
             runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
     except _Parsed as parsed:
         return parsed.parsed
@@ -96,12 +99,23 @@ def parse_args(argv: Sequence[str]):
     raise RuntimeError(f"{OPENRLHF_CLI} finished without parsing its arguments")
 
 
+def parse_args(argv: Sequence[str]):
+    """The `args` tree OpenRLHF's own parser builds for a train_ppo_ray command line (after
+    `hierarchize` and the plugin's validation, before OpenRLHF's later defaults); starts nothing."""
+    devmode.install_import_stand_ins()  # the device is decided when Ray starts, not here
+    return _parse(config.translate_legacy_flags(argv), _ParseOnlyPlugin())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = config.translate_legacy_flags(sys.argv[1:] if argv is None else argv)
-    # Before anything imports OpenRLHF: import stand-ins for missing vllm/flash_attn, and the CPU
-    # runtime shims when there is no CUDA (no-ops on a GPU cluster with both installed).
-    devmode.apply()
-    coherent = config.flag_value(argv, "--reward.model_name_or_path") == config.COHERENT
+    # Before anything imports OpenRLHF: import stand-ins for missing vllm/flash_attn. Whether the
+    # CPU development mode is on is decided when Ray starts, from where the job runs
+    # (plugin.ray_init_kwargs -> devmode.ray_init_settings).
+    devmode.install_import_stand_ins()
+    # Whether the coherent reward is selected, read by OpenRLHF's own parser (which accepts
+    # abbreviations such as --reward.model_name_or_pat): the reward actor and trainer classes must
+    # be swapped before OpenRLHF's CLI module binds them, and validation must agree with that.
+    coherent = CoherentRewardPlugin().selected(_parse(argv, _SelectionProbe()))
     sys.argv = [OPENRLHF_CLI, *argv]
 
     def run_openrlhf():
