@@ -27,6 +27,8 @@ from openrlhf.trainer.ray.launcher import BaseModelActor
 from openrlhf.utils.deepspeed import DeepspeedStrategy
 
 from . import scoring
+from .remote_code import PPO_TRUST_FLAG, refuse_remote_code
+from .reward import check_finite_log_probs
 
 
 @ray.remote(num_gpus=1)
@@ -38,6 +40,7 @@ class CoherentRewardActor(BaseModelActor):
         args = strategy.args
         # name -> (DeepSpeed engine, whether the head runs on response positions only).
         # With reuse, log p_SFT comes from OpenRLHF's reference model: do not hold a second copy.
+        self.paths = {"base": args.coherent.base_model, "sft": args.coherent.sft_model}
         self.models = {"base": self._load(args.coherent.base_model)}
         if not args.coherent.reuse_ref_logprobs:
             self.models["sft"] = self._load(args.coherent.sft_model)
@@ -48,6 +51,9 @@ class CoherentRewardActor(BaseModelActor):
 
     def _load(self, path: str):
         args = self.strategy.args
+        # OpenRLHF's Actor loads with trust_remote_code=True; a folder naming custom code is refused
+        # here (as in the driver's validation) unless the user allowed it, so that True is inert.
+        refuse_remote_code(path, "coherent reward actor", args.coherent.trust_remote_code, PPO_TRUST_FLAG)
         model = Actor(
             path,
             attn_implementation=args.ds.attn_implementation,
@@ -90,7 +96,9 @@ class CoherentRewardActor(BaseModelActor):
                 ring_attn_group=self.strategy.ring_attn_group,
                 packed_seq_lens=packed_seq_lens,
             )
-        return log_probs.float().to("cpu")
+        log_probs = log_probs.float().to("cpu")
+        check_finite_log_probs(log_probs, action_mask.to("cpu"), f"the {name} model {self.paths[name]}")
+        return log_probs
 
     def forward(
         self,

@@ -7,7 +7,9 @@ into `args.coherent.<name>`, and `args` (inside the strategy) carries them to ev
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
 import sys
 from typing import Callable, List, Optional, Sequence
@@ -47,6 +49,21 @@ def exit_status(command: Callable[[], object]) -> int:
         print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_number(flag: str, value, *, low=None, high=None, low_open: bool = True, high_open: bool = False) -> None:
+    """ConfigError naming `flag` unless `value` is a finite number in the range (open or closed
+    ends; None: unbounded). NaN fails every comparison and inf is refused, so neither slips past."""
+    if value is None:
+        return
+    bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}{')' if high_open or high is None else ']'}"
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ConfigError(f"{flag} must be a finite number in {bounds}, got {value}")
 
 
 def translate_legacy_flags(argv: Sequence[str]) -> List[str]:
@@ -166,13 +183,20 @@ def same_model_path(a: Optional[str], b: Optional[str]) -> bool:
     return a is not None and b is not None and _resolve(a) == _resolve(b)
 
 
-def check_causal_lm(path: str, flag: str, trust_remote_code: bool):
-    """Fail with a message naming `flag` unless `path` holds a causal-LM config. Returns the config."""
+def check_causal_lm(path: str, flag: str, trust_remote_code: bool, trust_flag: str = "--trust_remote_code"):
+    """Fail with a message naming `flag` unless `path` holds a causal-LM config that loads no custom
+    code the user did not allow (`trust_flag`). Returns the config."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    from .remote_code import refuse_remote_code
 
     if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
         raise ConfigError(f"{flag} {path}: no such directory")
+    refuse_remote_code(path, flag, trust_remote_code, trust_flag)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError/ValueError/KeyError depending on what is wrong
@@ -184,7 +208,12 @@ def check_causal_lm(path: str, flag: str, trust_remote_code: bool):
     if architectures:
         is_causal = any(a in causal_classes or a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
     else:
-        is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        # Without `architectures` only the model type is known: an encoder type (BERT, RoBERTa...)
+        # also maps to a causal-LM class but is saved as an encoder, so only decoder types pass.
+        is_causal = (
+            config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        )
     if not is_causal:
         raise ConfigError(
             f"{flag} {path}: not a causal language model (model_type={config.model_type!r}, "
@@ -194,9 +223,20 @@ def check_causal_lm(path: str, flag: str, trust_remote_code: bool):
 
 
 def check_same_tokenizer(
-    sft_path: str, base_path: str, sft_flag: str, trust_remote_code: bool, base_flag: str = "--coherent.base_model"
-) -> None:
-    """The two log-probs are only comparable token by token if both models share one tokenizer."""
+    sft_path: str,
+    base_path: str,
+    sft_flag: str,
+    trust_remote_code: bool,
+    base_flag: str = "--coherent.base_model",
+    allow_eos_difference: bool = False,
+) -> Optional[int]:
+    """The two log-probs are only comparable token by token if both models share one tokenizer.
+
+    Base/SFT pairs often differ only in the EOS token (Qwen2.5 base vs Instruct; Llama-3 base's
+    <|end_of_text|> vs an SFT model's <|eot_id|>). With `allow_eos_difference` (the PPO path) such a
+    pair is accepted and the SFT model's EOS id is returned: a finished response ends with it, which
+    the base scores as an ordinary, often very unlikely token (a near-constant bonus on every finished
+    response), so the caller excludes that final token from both terms. Otherwise returns None."""
     from transformers import AutoTokenizer
 
     def load(path, flag):
@@ -213,11 +253,75 @@ def check_same_tokenizer(
             f"({len(sft)} vs {len(base)} tokens, {only_sft} token->id entries differ): log p_SFT - log p_base "
             "is only defined for models that share a tokenizer"
         )
-    for name in ("bos_token_id", "eos_token_id", "unk_token_id"):
+    for name in ("bos_token_id", "unk_token_id"):
         if getattr(sft, name) != getattr(base, name):
             raise ConfigError(
                 f"{sft_flag} {sft_path} and {base_flag} {base_path} have different special tokens: "
                 f"{name} {getattr(sft, name)} vs {getattr(base, name)}"
+            )
+    if sft.eos_token_id == base.eos_token_id:
+        return None
+    if not allow_eos_difference or sft.eos_token_id is None:
+        raise ConfigError(
+            f"{sft_flag} {sft_path} and {base_flag} {base_path} have different special tokens: "
+            f"eos_token_id {sft.eos_token_id} vs {base.eos_token_id}"
+            + ("" if sft.eos_token_id is None else " (PPO with --reward.model_name_or_path coherent accepts such pairs)")
+        )
+    logger.warning(
+        "SRPPO: %s and %s share their vocabulary but not their EOS token (SFT %r, id %d; base %r, id %s): the final "
+        "SFT EOS of a finished response is excluded from both terms of the coherent reward (eos_policy=exclude; "
+        "with --coherent.aggregate mean the length counts the tokens before it)",
+        sft_flag, base_flag, sft.eos_token, sft.eos_token_id, base.eos_token, base.eos_token_id,
+    )  # fmt: skip
+    return sft.eos_token_id
+
+
+ROLLOUT_LOG_KEYS = ("step", "prompt_ids", "response_ids", "reward")  # every row the rollout log writes has them
+
+
+def check_rollout_log(path: str) -> None:
+    """An existing --coherent.rollout_log must be one this plugin wrote: a resume cuts the rows of
+    rollouts after its checkpoint, and appending or cutting must never touch a file we did not write."""
+    if os.path.isdir(path):
+        raise ConfigError(f"--coherent.rollout_log {path}: is a folder, expected a file name")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    for number, text in enumerate(lines, start=1):
+        if not text.strip() or (number == len(lines) and not text.endswith("\n")):
+            continue  # a blank line, or the last line a killed run cut short (the resume drops it)
+        try:
+            row = json.loads(text)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or any(key not in row for key in ROLLOUT_LOG_KEYS):
+            raise ConfigError(
+                f"--coherent.rollout_log {path}: line {number} is not a rollout-log row of openrlhf_coherent "
+                f"(no {'/'.join(ROLLOUT_LOG_KEYS)}): this file was not written by this plugin and would be "
+                "appended to and cut on resume; choose another path"
+            )
+
+
+def refuse_vision_models(args, configs: dict, trust_remote_code: bool) -> None:
+    """A vision-language checkpoint (OpenRLHF's test: a `vision_config` in its HF config) gets its
+    prompts' images in the actor and reference forwards but not in the coherent actor, which scores
+    text only: refused rather than scored on image placeholders without pixels."""
+    from transformers import AutoConfig
+
+    configs = dict(configs)
+    if not any(same_model_path(args.actor.model_name_or_path, getattr(cfg, "_name_or_path", None)) for cfg in configs.values()):
+        try:
+            configs["--actor.model_name_or_path"] = AutoConfig.from_pretrained(
+                args.actor.model_name_or_path, trust_remote_code=trust_remote_code
+            )
+        except Exception:  # OpenRLHF reports an unloadable actor itself
+            pass
+    for flag, cfg in configs.items():
+        if hasattr(cfg, "vision_config"):
+            raise ConfigError(
+                f"{flag}: a vision-language model ({type(cfg).__name__}); --reward.model_name_or_path coherent "
+                "scores text only and would compute log p_base without the prompts' images"
             )
 
 
@@ -229,6 +333,19 @@ def validate(args) -> None:
         raise ConfigError(
             "--reward.model_name_or_path coherent computes the reward from token log-probs in a Ray actor; "
             "it cannot be combined with --reward.remote_url / --train.agent_func_path"
+        )
+    if args.train.agent_func_path:
+        # OpenRLHF turns this into --reward.remote_url "agent" only after this check runs and then
+        # builds no reward group: the coherent reward would be dispatched to nothing at the first rollout.
+        raise ConfigError(
+            f"--train.agent_func_path {args.train.agent_func_path}: the agent supplies the rewards, so it cannot "
+            "be combined with --reward.model_name_or_path coherent (no coherent reward group would be built)"
+        )
+    if getattr(args.data, "max_images_per_prompt", 0) > 0:
+        raise ConfigError(
+            f"--data.max_images_per_prompt {args.data.max_images_per_prompt}: multimodal prompts are not supported "
+            "with --reward.model_name_or_path coherent (the coherent actor scores text only, so log p_base would "
+            "be computed without the images the reference model sees)"
         )
     if not c.base_model:
         raise ConfigError(
@@ -251,24 +368,47 @@ def validate(args) -> None:
             f"--coherent.reward_type token gives per-token rewards; --algo.advantage.estimator {estimator} "
             "computes a per-prompt baseline of scalar rewards. Use gae or reinforce with the token-wise variant"
         )
+    if c.reward_type == "token" and getattr(args.reward, "stop_properly_penalty_coef", None) is not None:
+        # OpenRLHF's stop-properly penalty scales or replaces the scalar reward of a truncated sample;
+        # the token-wise variant's per-token rewards would pass through it untouched.
+        raise ConfigError(
+            "--reward.stop_properly_penalty_coef acts on the scalar reward only; with --coherent.reward_type token "
+            "the per-token rewards would escape it. Use --coherent.reward_type sequence, or "
+            "--reward.overlong_buffer_len (an additive penalty) instead"
+        )
     if args.train.async_enable:
         raise ConfigError(
             "--train.async_enable is not supported with the coherent reward yet (the plugin hooks the "
             "synchronous PPOTrainer); drop the flag"
         )
-    for name in ("token_clip", "sft_logp_floor"):
-        value = getattr(c, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--coherent.{name} must be > 0, got {value}")
+    # A NaN, infinite, zero or negative setting would make every reward NaN, flip its sign or
+    # silence a guard; refused here rather than found in the metrics after the run.
+    check_number("--coherent.scale", c.scale, low=0)
+    check_number("--coherent.token_clip", c.token_clip, low=0)
+    check_number("--coherent.sft_logp_floor", c.sft_logp_floor, low=0)
+    check_number("--coherent.alarm_eos_drop", c.alarm_eos_drop, low=0, high=1)
+    check_number("--coherent.alarm_logp_drop", c.alarm_logp_drop, low=0)
     if c.alarm_window < 2:
         raise ConfigError(f"--coherent.alarm_window must be at least 2, got {c.alarm_window}")
+    if c.rollout_log:
+        check_rollout_log(c.rollout_log)
+
+    from .remote_code import PPO_TRUST_FLAG, refuse_remote_code, share_with_workers
 
     trust = c.trust_remote_code
-    check_causal_lm(c.base_model, "--coherent.base_model", trust)
+    base_config = check_causal_lm(c.base_model, "--coherent.base_model", trust, PPO_TRUST_FLAG)
     sft_flag = "--coherent.sft_model" if c.sft_model else "--actor.model_name_or_path"
     c.sft_model = c.sft_model or args.actor.model_name_or_path
-    check_causal_lm(c.sft_model, sft_flag, trust)
-    check_same_tokenizer(c.sft_model, c.base_model, sft_flag, trust)
+    sft_config = check_causal_lm(c.sft_model, sft_flag, trust, PPO_TRUST_FLAG)
+    refuse_vision_models(args, {"--coherent.base_model": base_config, sft_flag: sft_config}, trust)
+    # OpenRLHF loads the actor (also as reference model and vLLM engine) and the critic with
+    # trust_remote_code=True whatever the flag says: refuse custom code there too.
+    refuse_remote_code(args.actor.model_name_or_path, "--actor.model_name_or_path", trust, PPO_TRUST_FLAG)
+    refuse_remote_code(args.critic.model_name_or_path, "--critic.model_name_or_path", trust, PPO_TRUST_FLAG)
+    share_with_workers(trust)  # for loaders in Ray workers that cannot see args (the CPU rollout engine)
+    # Derived setting read by the experience maker: the SFT-only EOS id whose final occurrence is
+    # excluded from both terms (None: the tokenizers agree on EOS).
+    c.sft_only_eos_token_id = check_same_tokenizer(c.sft_model, c.base_model, sft_flag, trust, allow_eos_difference=True)
 
     # OpenRLHF's reference model is loaded from the actor path and scores at the rollout temperature.
     # Only when that is exactly the SFT model at temperature 1 are its log-probs log p_SFT.

@@ -28,6 +28,23 @@ REWARD_TYPES = ("sequence", "token")
 AGGREGATES = ("sum", "mean")
 
 
+class NonFiniteLogProbs(ValueError):
+    """A model produced NaN or infinite log-probs on response tokens: a reward made from them would
+    be NaN (or infinite) and PPO would train on it, so the step stops and names the model."""
+
+
+def check_finite_log_probs(log_probs: torch.Tensor, action_mask: torch.Tensor, source: str) -> None:
+    """Raise NonFiniteLogProbs naming `source` if a response position (mask 1) is NaN or infinite."""
+    bad = action_mask.bool() & ~torch.isfinite(log_probs)
+    if bad.any():
+        rows = bad.any(dim=-1).nonzero().flatten().tolist()
+        raise NonFiniteLogProbs(
+            f"{source} produced non-finite log-probs (NaN or inf) on {int(bad.sum())} response tokens of "
+            f"samples {rows[:20]} of the batch: the coherent reward would be NaN; stopping. Check that "
+            "model's weights and --ds.param_dtype"
+        )
+
+
 @dataclass
 class CoherentReward:
     """The reward of a batch of responses and the terms it is made of (all fp32)."""
@@ -49,6 +66,7 @@ def coherent_reward(
     aggregate: str = "sum",
     scale: float = 1.0,
     token_clip: Optional[float] = None,
+    check_finite: bool = True,
 ) -> CoherentReward:
     """Coherent reward of each response.
 
@@ -59,6 +77,8 @@ def coherent_reward(
     scale: multiplies the reward (after aggregation).
     token_clip: if set, clamp each token's log-ratio to [-token_clip, token_clip] before
         aggregating: bounds what a single very unlikely-under-base token can contribute.
+    check_finite: raise NonFiniteLogProbs when a response position of either term is NaN/inf
+        (PPO must not train on it). The offline tools pass False and report such rows by line.
     """
     if reward_type not in REWARD_TYPES:
         raise ValueError(f"reward_type must be one of {REWARD_TYPES}, got {reward_type!r}")
@@ -70,6 +90,10 @@ def coherent_reward(
             f"{tuple(sft_log_probs.shape)}, {tuple(base_log_probs.shape)}, {tuple(action_mask.shape)}"
         )
 
+    if check_finite:
+        sft_source = "log p_SFT: the SFT model (or OpenRLHF's reference model, when its log-probs are reused)"
+        check_finite_log_probs(sft_log_probs, action_mask, sft_source)
+        check_finite_log_probs(base_log_probs, action_mask, "log p_base: the base model")
     mask = action_mask.to(torch.float32)
     # where() rather than multiply: a -inf or NaN log-prob at a padded position must not leak.
     sft = torch.where(action_mask.bool(), sft_log_probs.to(torch.float32), 0.0)

@@ -102,14 +102,15 @@ def test_tokenizers_with_different_vocabularies(tiny_models, tmp_path, capsys):
 
 def test_tokenizers_with_different_special_tokens(tiny_models, tmp_path, capsys):
     base, sft = tiny_models
-    odd = tmp_path / "odd_eos"
+    # (An EOS-only difference is accepted by PPO: tests/test_cluster_correctness.py.)
+    odd = tmp_path / "odd_bos"
     shutil.copytree(base, odd)
     cfg_path = odd / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["eos_token"] = "."
+    cfg["bos_token"] = "."
     cfg_path.write_text(json.dumps(cfg))
     err = run_main_expecting_error(srppo_argv(sft, str(odd)), capsys)
-    assert "special tokens" in err and "eos_token_id" in err
+    assert "special tokens" in err and "bos_token_id" in err
 
 
 def test_explicit_sft_model_is_checked_and_named(tiny_models, tmp_path, capsys):

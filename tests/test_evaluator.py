@@ -319,7 +319,11 @@ def score_argv(tiny_models, data, out, *extra):
 def test_bad_row_fails_with_its_line_number_and_keeps_earlier_output(reason, tiny_models, tmp_path):
     data = write_jsonl(tmp_path / "in.jsonl", [GOOD, GOOD, BAD_ROWS[reason], GOOD])
     out = tmp_path / "out.jsonl"
-    out.write_text('{"line": 1, "coherent_reward": 1.0}\n')  # an earlier run's output
+    from openrlhf_coherent.evaluator.pipeline import ScoringRound, scored_by
+
+    base, sft = tiny_models
+    earlier = {"line": 1, "coherent_reward": 1.0, "sft_logp": -1.0, "base_logp": -2.0, "scored_by": scored_by(ScoringRound(sft, base))}
+    out.write_text(json.dumps(earlier) + "\n")  # an earlier run's output, with the same models
     before = out.read_bytes()
     with pytest.raises(ConfigError, match=rf"line 3: .*{re.escape(reason)}.*--on_bad_row fail"):
         run_tool("score", *score_argv(tiny_models, data, out, "--on_bad_row", "fail"))

@@ -61,12 +61,29 @@ if [[ -n ${OUTPUT_DIR:-} ]]; then
 fi
 entrypoint+=("$@")
 
+# What is printed (and so lands in job logs) shows every forwarded secret as *** : the value of
+# any env var whose name contains TOKEN, KEY, SECRET, PASSWORD, PASSWD, CREDENTIAL or AUTH.
+# Only the submission itself gets the real values.
+SHOWN_ENV_JSON=$(RUNTIME_ENV_JSON="$RUNTIME_ENV_JSON" "$PYTHON" -c '
+import json, os, re
+secret = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.I)
+try:
+    env = json.loads(os.environ["RUNTIME_ENV_JSON"])
+    for k in list((env.get("env_vars") or {})):
+        if secret.search(k):
+            env["env_vars"][k] = "***"
+    print(json.dumps(env))
+except (ValueError, AttributeError, TypeError):
+    print("<RUNTIME_ENV_JSON not shown: not a JSON object with env_vars>")
+')
+
 submit=("$RAY" job submit --address "$RAY_ADDRESS" --runtime-env-json "$RUNTIME_ENV_JSON" --)
+shown=("$RAY" job submit --address "$RAY_ADDRESS" --runtime-env-json "$SHOWN_ENV_JSON" --)
 if [[ ${DRY_RUN:-0} == 1 ]]; then
   # Show the submission, then the recipe's own dry run (every stage's exact command), run here.
-  echo "+ $(quoted "${submit[@]}" "${entrypoint[@]}")"
+  echo "+ $(quoted "${shown[@]}" "${entrypoint[@]}")"
   cd "$WORKING_DIR"
   exec "${entrypoint[@]}" --dry-run
 fi
-echo "+ $(quoted "${submit[@]}" "${entrypoint[@]}")"
+echo "+ $(quoted "${shown[@]}" "${entrypoint[@]}")"
 exec "${submit[@]}" "${entrypoint[@]}"

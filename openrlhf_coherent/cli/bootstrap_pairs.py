@@ -26,7 +26,9 @@ from openrlhf_coherent.evaluator.common import (
     add_reward_model_args,
     add_selection_args,
     check_args,
+    check_files,
     check_model_pair,
+    check_sampling,
     check_selection,
     ensemble_kwargs,
     print_summary,
@@ -37,7 +39,7 @@ from openrlhf_coherent.evaluator.common import (
     text_format,
 )
 from openrlhf_coherent.evaluator.output import ScoredStream, read_rows, write_rows
-from openrlhf_coherent.evaluator.rows import BadRow, Job, load_jobs, tokenize_pair
+from openrlhf_coherent.evaluator.rows import BadRow, Job, bad_row_handler, load_jobs, tokenize_pair
 from openrlhf_coherent.evaluator.runner import ScorerPool, ray_session
 
 # Prompts sampled and scored per round: each round's pairs reach --candidates before the next
@@ -67,6 +69,8 @@ def check_sampler(args, numerator) -> str:
     """The model to sample from: --policy_model (the numerator under --reward implicit), else the SFT model."""
     if args.num_samples < 2:
         raise ConfigError(f"--num_samples must be >= 2 (a pair needs two responses), got {args.num_samples}")
+    if args.sample_rounds < 1:
+        raise ConfigError(f"--sample_rounds must be >= 1, got {args.sample_rounds}")
     if args.reward == "coherent" and args.policy_model:
         check_model_pair((args.policy_model, "--policy_model"), numerator, args.trust_remote_code)
         return args.policy_model
@@ -112,6 +116,9 @@ def dpo_row(candidate: dict, pair: dict, chat: bool) -> dict:
 def run(args) -> None:
     check_selection(args)
     check_args(args)
+    check_sampling(args)
+    candidates = args.candidates or args.output + ".candidates.jsonl"
+    check_files([(args.input, "--input")], streams=[(candidates, "--candidates")], wholes=[(args.output, "--output")])
     numerator, denominator = reward_models(args)
     sampler = check_sampler(args, numerator)
     from transformers import AutoTokenizer
@@ -129,14 +136,12 @@ def run(args) -> None:
         prompt_ids[line] = ids
         return Job(line=line, row=row)
 
-    candidates = args.candidates or args.output + ".candidates.jsonl"
-    if candidates == args.input:
-        raise ConfigError("--candidates must differ from --input (it is appended to)")
-    stream = ScoredStream(candidates)
+    stream = ScoredStream(candidates, "--candidates", ("samples", "reward_sums"))
     already, no_pair = len(stream.done_lines), 0
     try:
         prompts, bad = load_jobs(args.input, make_job, args.on_bad_row, skip_lines=stream.done_lines)
         report_bad_rows(bad)
+        on_bad = bad_row_handler(args.input, args.on_bad_row, bad, report=True)
         if prompts:  # else nothing left to sample: no Ray, no model loading
             with ray_session(args.num_actors), ScorerPool(
                 args.num_actors, numerator[0], denominator[0], batch_tokens=args.batch_tokens,
@@ -145,7 +150,7 @@ def run(args) -> None:
             ) as pool:  # fmt: skip
                 for start in range(0, len(prompts), PROMPTS_PER_ROUND):
                     chunk = prompts[start : start + PROMPTS_PER_ROUND]
-                    no_pair += bootstrap_round(args, pool, tokenizer, fmt, chunk, prompt_ids, stream)
+                    no_pair += bootstrap_round(args, pool, tokenizer, fmt, chunk, prompt_ids, stream, on_bad)
     finally:
         stream.close()
 
@@ -162,7 +167,7 @@ def run(args) -> None:
     )  # fmt: skip
 
 
-def bootstrap_round(args, pool, tokenizer, fmt, prompts: List[Job], prompt_ids, stream) -> int:
+def bootstrap_round(args, pool, tokenizer, fmt, prompts: List[Job], prompt_ids, stream, on_bad) -> int:
     """Sample, score and record one round of prompts. Returns how many got fewer than 2 distinct samples."""
     samples = pool.sample(
         [(args.seed + job.line, prompt_ids[job.line]) for job in prompts],
@@ -193,7 +198,7 @@ def bootstrap_round(args, pool, tokenizer, fmt, prompts: List[Job], prompt_ids, 
             candidate.pairs.append((ids_p, ids_r))
             candidate.truncated.append(truncated)
         to_score.append(candidate)
-    pool.score(to_score, lambda job, s: stream.write(candidate_row(job, args.prompt_key, texts[job.line], s)))
+    pool.score(to_score, lambda job, s: stream.write(candidate_row(job, args.prompt_key, texts[job.line], s)), on_bad=on_bad)
     return no_pair
 
 

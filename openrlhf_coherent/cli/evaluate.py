@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Optional, Sequence
 
 from openrlhf_coherent.config import ConfigError, check_causal_lm, exit_status
+from openrlhf_coherent.files import check_outputs
 from openrlhf_coherent.evaluation.table import paper_summary, result_rows, to_markdown
 from openrlhf_coherent.evaluation.tasks import PAPER_TASKS, check_tasks, group_by_fewshot, parse_task_specs
 
@@ -47,6 +49,32 @@ def _limit(value: Optional[float]):
     return value if value < 1 else int(value)
 
 
+def check_report_outputs(markdown_path: str, json_path: str) -> None:
+    """Before the model loads: both outputs writable and distinct, and an existing report is ours
+    (its JSON has our keys), so a re-run replaces only what this tool wrote."""
+    check_outputs([(markdown_path, "--output"), (json_path, "--output (its .json)")])
+    for path in (markdown_path, json_path):
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                ours = {"model", "rows", "paper_columns"} <= set(json.load(f))
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"--output {markdown_path}: {path} exists and is not a report of this tool; it is left untouched: choose another --output")
+
+
+def check_finite_weights(model, path: str) -> None:
+    """A NaN/inf weight makes every log-likelihood NaN, and lm-eval then reports chance-level
+    accuracy as if it were a result: refuse the model, naming the parameter."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise ConfigError(f"--model {path}: parameter {name} holds NaN/inf values; its scores would be meaningless")
+
+
 def run(args) -> dict:
     import torch
 
@@ -55,6 +83,8 @@ def run(args) -> dict:
         if not os.path.isdir(folder):
             raise ConfigError(f"--include_path {folder}: no such directory")
     limit = _limit(args.limit)
+    json_path = os.path.splitext(args.output)[0] + ".json"
+    check_report_outputs(args.output, json_path)
     check_causal_lm(args.model, "--model", args.trust_remote_code)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     batch_size = args.batch_size or ("auto" if device.startswith("cuda") else 1)
@@ -68,6 +98,7 @@ def run(args) -> dict:
     check_tasks(specs, task_manager.all_tasks)
 
     lm = HFLM(pretrained=args.model, device=device, batch_size=batch_size, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    check_finite_weights(lm.model, args.model)
     merged = {"results": {}, "n-shot": {}, "n-samples": {}, "versions": {}, "configs": {}}
     for num_fewshot, names in group_by_fewshot(specs).items():
         out = lm_eval.simple_evaluate(
@@ -90,6 +121,12 @@ def run(args) -> dict:
             print(f"[openrlhf_coherent] evaluate: {spec.name} ran {actual}-shot (its lm-eval config pins it), not {spec.num_fewshot}", file=sys.stderr)
 
     rows = result_rows(merged)
+    bad = [f"{r.get('task')} {r.get('metric')}" for r in rows if isinstance(r.get("value"), float) and not math.isfinite(r["value"])]
+    if bad:
+        raise ConfigError(f"--model {args.model}: non-finite results (NaN/inf) for {', '.join(bad)}; nothing written")
+    for r in rows:  # lm-eval gives a NaN stderr for a single example: undefined, written as null
+        if isinstance(r.get("stderr"), float) and not math.isfinite(r["stderr"]):
+            r["stderr"] = None
     summary = paper_summary(rows)
     settings = (
         f"lm-eval {lm_eval.__version__}, Hugging Face backend, device {device}, dtype {args.dtype}, batch size {batch_size}, "
@@ -106,12 +143,11 @@ def run(args) -> dict:
         "versions": merged["versions"],
     }
     markdown = to_markdown(args.model, rows, summary, settings)
-    json_path = os.path.splitext(args.output)[0] + ".json"
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
         f.write(markdown)
     with open(json_path, "w") as f:
-        json.dump(report, f, indent=2, default=str)
+        json.dump(report, f, indent=2, default=str, allow_nan=False)
     print(markdown)
     print(f"[openrlhf_coherent] evaluate: wrote {args.output} and {json_path}")
     return report

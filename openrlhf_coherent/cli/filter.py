@@ -15,11 +15,13 @@ rates what it memorised too high. See docs/evaluator.md.
 from __future__ import annotations
 
 import argparse
+import math
 
 from openrlhf_coherent.config import ConfigError
 from openrlhf_coherent.evaluator.common import (
     add_common_args,
     add_selection_args,
+    check_files,
     check_selection,
     print_summary,
     run_cli,
@@ -53,10 +55,18 @@ def run(args) -> None:
             raise ConfigError("scoring here (--sft_model/--sft_models) needs --base_model")
         sft_models = sft_model_list(args)
         scores = args.scores or args.output + ".scored.jsonl"
-        summary = score_responses(args, scores, sft_models, fold_assigner(args.fold_key, len(sft_models)))
+        check_files([(args.input, "--input")], streams=[(scores, "--scores")], wholes=[(args.output, "--output")])
+        summary = score_responses(args, scores, "--scores", sft_models, fold_assigner(args.fold_key, len(sft_models)))
+    else:
+        check_files([(args.input, "--input")], wholes=[(args.output, "--output")])
     rows = read_rows(scores)
-    if rows and key not in rows[0]:
-        raise ConfigError(f"--input {scores}: rows have no {key!r}; score them first or pass --sft_model(s) and --base_model")
+    for number, row in enumerate(rows, start=1):
+        value = row.get(key)
+        if not isinstance(row.get("line"), int) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(
+                f"--input {scores}: row {number} has no finite {key!r} and input `line`; score the file first "
+                "(or pass --sft_model(s) and --base_model)"
+            )
     kept = select(rows, key, args)
     write_rows(args.output, kept)
     print_summary("filter", {**summary, "rows": len(rows), "kept": len(kept), "by": key})

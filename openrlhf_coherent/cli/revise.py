@@ -27,7 +27,9 @@ import sys
 from typing import List, Optional, Sequence
 
 from openrlhf_coherent.config import ConfigError, check_causal_lm, exit_status
-from openrlhf_coherent.evaluator.rows import BadRow, read_jsonl, tokenize_pair
+from openrlhf_coherent.evaluator.output import write_rows
+from openrlhf_coherent.evaluator.rows import BadRow, check_messages, read_jsonl, tokenize_pair
+from openrlhf_coherent.files import non_finite
 from openrlhf_coherent.srpo.templates import TEMPLATE_DIR, TextFormat, load_template
 
 
@@ -35,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m openrlhf_coherent.cli.revise", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the SRPO-trained policy (generates and revises)")
     p.add_argument("--input", required=True, help="JSONL with a prompt per line")
-    p.add_argument("--output", required=True, help="JSONL to write (overwritten)")
+    p.add_argument("--output", required=True, help="JSONL to write (rewritten whole; an existing file must be one of ours)")
     p.add_argument("--prompt_key", default="prompt")
     p.add_argument("--apply_chat_template", action="store_true", help="prompts through the tokenizer's chat template")
     p.add_argument("--revision_template", required=True, help=f"file with {{prompt}} and {{completion}} (see {TEMPLATE_DIR})")
@@ -58,14 +60,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> TextFormat:
+    from openrlhf_coherent.evaluator.common import check_files, check_sampling
+
     if args.num_revisions < 0:
         raise ConfigError(f"--num_revisions must be >= 0, got {args.num_revisions}")
-    if not args.temperature > 0:
-        raise ConfigError(f"--temperature must be > 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise ConfigError(f"--top_p must be in (0, 1], got {args.top_p}")
-    if args.max_new_tokens < 1:
-        raise ConfigError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    check_sampling(args)
+    if args.batch_tokens < 1 or args.max_len < 2:
+        raise ConfigError("--batch_tokens must be >= 1 and --max_len >= 2")
+    # Before any generation: a bad --output must not cost the whole run.
+    check_files([(args.input, "--input")], wholes=[(args.output, "--output")])
     revision = load_template(args.revision_template, "--revision_template", revision=True)
     input_template = None
     if args.generation_template:
@@ -93,7 +96,11 @@ def read_prompts(args, fmt: TextFormat) -> List[dict]:
             prompt = row.get(args.prompt_key)
             if prompt is None:
                 raise BadRow(line, f"missing key {args.prompt_key!r} (--prompt_key)")
-            if not prompt:
+            if args.apply_chat_template and not isinstance(prompt, str):
+                check_messages(prompt, line, f"{args.prompt_key!r}")
+            elif not isinstance(prompt, str):
+                raise BadRow(line, f"{args.prompt_key!r} is not a string (pass --apply_chat_template for chat messages)")
+            if not prompt or (isinstance(prompt, str) and not prompt.strip()):
                 raise BadRow(line, f"empty prompt in {args.prompt_key!r}")
             fmt.generation_context(prompt, line)
             fmt.revision_context(prompt, "", line)
@@ -167,7 +174,12 @@ def pick_by_coherent(args, fmt: TextFormat, rows: List[dict]) -> None:
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    non_finite_rows = []
     for i, (r, n) in enumerate(where):
+        bad = non_finite([(f"log p of {path}", sums[path][i]) for path in (args.sft_model, args.base_model)])
+        if bad:  # recorded as no reward (never picked, written as null) and reported below
+            non_finite_rows.append(f"line {rows[r]['line']} revision {n}: {bad}")
+            continue
         reward = sums[args.sft_model][i] - sums[args.base_model][i]
         rows[r]["coherent_rewards"][n] = reward / len(pairs[i][1]) if args.pick_aggregate == "mean" else reward
     for row in rows:
@@ -176,6 +188,7 @@ def pick_by_coherent(args, fmt: TextFormat, rows: List[dict]) -> None:
         best = max(scored, key=lambda rn: (rn[0], -rn[1]))[1] if scored else None
         row["best_revision"] = best
         row["best"] = row["revisions"][best] if best is not None else None
+    return non_finite_rows
 
 
 def run(args) -> None:
@@ -185,16 +198,18 @@ def run(args) -> None:
     rows = read_prompts(args, fmt)
     tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
     revise_all(args, fmt, rows, tokenizer)
-    if args.pick_by == "coherent":
-        pick_by_coherent(args, fmt, rows)
-    with open(args.output, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    non_finite_rows = pick_by_coherent(args, fmt, rows) if args.pick_by == "coherent" else []
+    write_rows(args.output, rows)
     summary = {"prompts": len(rows), "num_revisions": args.num_revisions, "output": args.output}
     if args.pick_by == "coherent":
         picked = [row["best_revision"] for row in rows if row["best_revision"] is not None]
         summary["best_revision_counts"] = {str(n): picked.count(n) for n in sorted(set(picked))}
     print(f"[openrlhf_coherent] revise summary: {json.dumps(summary)}")
+    if non_finite_rows:  # the revisions are kept (written above); the run still fails, loudly
+        raise ConfigError(
+            f"non-finite log-probs (NaN/inf) for {len(non_finite_rows)} revisions, written with a null reward to "
+            f"{args.output}: " + "; ".join(non_finite_rows[:20])
+        )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from openrlhf_coherent.evaluator.common import add_common_args, print_summary, run_cli
+from openrlhf_coherent.evaluator.common import add_common_args, check_files, print_summary, run_cli
 from openrlhf_coherent.evaluator.responses import add_response_args, score_responses
 
 
@@ -26,7 +26,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> None:
-    summary = score_responses(args, args.output, [(args.sft_model, "--sft_model")], lambda job: 0)
+    check_files([(args.input, "--input")], streams=[(args.output, "--output")])
+    summary = score_responses(args, args.output, "--output", [(args.sft_model, "--sft_model")], lambda job: 0)
     print_summary("score", summary)
 
 

@@ -25,6 +25,7 @@ from openrlhf_coherent.evaluator.common import (
     add_common_args,
     add_reward_model_args,
     add_selection_args,
+    check_files,
     check_selection,
     ensemble_kwargs,
     print_summary,
@@ -74,14 +75,15 @@ def with_margin(row: dict, aggregate: str) -> dict:
 
 def run(args) -> None:
     check_selection(args)
+    scores = args.scores or args.output + ".scored.jsonl"
+    check_files([(args.input, "--input")], streams=[(scores, "--scores")], wholes=[(args.output, "--output")])
     (numerator, _), (denominator, _) = reward_models(args)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(numerator, trust_remote_code=args.trust_remote_code)
     make_job = row_to_job(tokenizer, text_format(args), [args.chosen_key, args.rejected_key], args.max_len)
-    scores = args.scores or args.output + ".scored.jsonl"
     models = ScoringRound(numerator, denominator, actor_kwargs=ensemble_kwargs(args))
-    summary = score_file(args, scores, make_job, [models], scored_pair)
+    summary = score_file(args, scores, "--scores", ("chosen_reward_sum", "rejected_reward_sum"), make_job, [models], scored_pair)
 
     rows = [with_margin(r, args.aggregate) for r in read_rows(scores)]
     kept = select(rows, "margin", args)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
@@ -110,7 +111,36 @@ def parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    return args, train_args
+    return args, absolute_paths(args, train_args)
+
+
+# train_dpo flags whose values are local files or folders (--eval.dataset, --logger.tensorboard_dir...).
+PATH_FLAG_ENDINGS = ("dataset", "_dir", "path")
+
+
+def _absolute(value: str, must_exist: bool) -> str:
+    parts = [p.strip() for p in value.split(",")]  # OpenRLHF's comma-separated dataset lists
+    return ",".join(os.path.abspath(p) if p and (os.path.exists(p) or not must_exist) else p for p in parts)
+
+
+def absolute_paths(args, train_args: Sequence[str]) -> List[str]:
+    """Every round trains in a subprocess inside its own round folder: a relative path given on the
+    command line (the usual `--output_dir sera_out`) would be read from there. Resolve them now
+    against the caller's folder. A model or dataset that is not a local path (a hub id) is kept."""
+    args.input = os.path.abspath(args.input)
+    args.output_dir = os.path.abspath(args.output_dir)
+    args.sft_model = _absolute(args.sft_model, must_exist=True)
+    out = list(train_args)
+    for i, arg in enumerate(out):
+        name, eq, value = arg.partition("=")
+        if not name.startswith("--") or not name.endswith(PATH_FLAG_ENDINGS):
+            continue
+        must_exist = name.endswith("dataset")  # an output folder need not exist yet; a hub dataset never does
+        if eq:
+            out[i] = f"{name}={_absolute(value, must_exist)}"
+        elif i + 1 < len(out) and not out[i + 1].startswith("--"):
+            out[i + 1] = _absolute(out[i + 1], must_exist)
+    return out
 
 
 def load_pairs(args) -> List[dict]:

@@ -23,12 +23,11 @@ one request per prompt, seeded with --seed + the input line number, on --num_act
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Dict, List
 
 from openrlhf_coherent.cli.bootstrap_pairs import dpo_row, response_text
 from openrlhf_coherent.config import ConfigError, check_causal_lm
-from openrlhf_coherent.evaluator.common import print_summary, report_bad_rows, run_cli
+from openrlhf_coherent.evaluator.common import check_files, check_sampling, print_summary, report_bad_rows, run_cli
 from openrlhf_coherent.evaluator.output import ScoredStream, read_rows, write_rows
 from openrlhf_coherent.evaluator.rows import ON_BAD_ROW, BadRow, Job, TextFormat, load_jobs
 from openrlhf_coherent.evaluator.runner import ScorerPool, ray_session
@@ -85,8 +84,11 @@ def run(args) -> None:
         raise ConfigError("--num_actors must be >= 1 and --max_len >= 2")
     if args.input_template and "{}" not in args.input_template:
         raise ConfigError(f"--input_template {args.input_template!r} has no {{}} for the prompt")
-    if not os.path.isfile(args.input):
-        raise ConfigError(f"--input {args.input}: no such file")
+    check_sampling(args)
+    if args.max_samples is not None and args.max_samples < 1:
+        raise ConfigError(f"--max_samples must be >= 1, got {args.max_samples}")
+    samples_path = args.samples or args.output + ".samples.jsonl"
+    check_files([(args.input, "--input")], streams=[(samples_path, "--samples")], wholes=[(args.output, "--output")])
     check_causal_lm(args.model, "--model", args.trust_remote_code)
     from transformers import AutoTokenizer
 
@@ -105,10 +107,7 @@ def run(args) -> None:
         prompt_ids[line] = ids
         return Job(line=line, row={"prompt": prompt, "chosen": demonstration})
 
-    samples_path = args.samples or args.output + ".samples.jsonl"
-    if samples_path == args.input:
-        raise ConfigError("--samples must differ from --input (it is appended to)")
-    stream = ScoredStream(samples_path)
+    stream = ScoredStream(samples_path, "--samples", ("prompt", "chosen", "rejected"))
     already = len(stream.done_lines)
     try:
         jobs, bad = load_jobs(args.input, make_job, args.on_bad_row, skip_lines=stream.done_lines)

@@ -21,6 +21,7 @@ environment of a one-rank job.
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
 import sys
 from typing import Optional, Sequence
@@ -81,6 +82,48 @@ def trainer_class(loss: str, simpo_gamma: Optional[float]):
 
 
 
+def check_output_dir(args) -> None:
+    """The trained model is saved into --ckpt.output_dir: it must not be a model folder it starts
+    from (saving there would overwrite the input model), and it must be creatable. Before any load."""
+    from openrlhf_coherent.files import check_outputs
+
+    ref = args.ref.model_name_or_path or args.model.model_name_or_path
+    models = [(args.model.model_name_or_path, "--model.model_name_or_path"), (ref, "--ref.model_name_or_path")]
+    check_outputs([(args.ckpt.output_dir, "--ckpt.output_dir")], models, folders=["--ckpt.output_dir"])
+
+
+def check_preference_data(args) -> None:
+    """Every local JSONL preference file, row by row, before the two models load: a malformed line,
+    a missing key or a value that is neither text nor chat messages fails naming file and line."""
+    from openrlhf_coherent.evaluator.rows import BadRow, check_messages, read_jsonl
+
+    data = args.data
+    keys = [k for k in (data.prompt_key, data.chosen_key, data.rejected_key) if k]
+    for flag, datasets in (("--data.dataset", data.dataset), ("--eval.dataset", getattr(args.eval, "dataset", None))):
+        for path in (datasets or "").split(","):
+            path = path.strip()
+            if not path.lower().endswith((".json", ".jsonl")) or not os.path.isfile(path):
+                continue  # a hub dataset or another format: OpenRLHF's loader reports it
+            if path.lower().endswith(".json"):
+                with open(path, encoding="utf-8") as f:
+                    if f.read(1) == "[":
+                        continue  # a JSON array, not JSON lines
+            for line, row in read_jsonl(path):
+                try:
+                    if isinstance(row, BadRow):
+                        raise row
+                    for key in keys:
+                        value = row.get(key)
+                        if value is None:
+                            raise BadRow(line, f"missing key {key!r}")
+                        if data.apply_chat_template and not isinstance(value, str):
+                            check_messages(value, line, f"{key!r}")
+                        elif not isinstance(value, str):
+                            raise BadRow(line, f"{key!r} is not a string (pass --data.apply_chat_template for chat messages)")
+                except BadRow as e:
+                    raise ConfigError(f"{flag} {path}: {e}") from None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return exit_status(lambda: _run(sys.argv[1:] if argv is None else argv))
 
@@ -101,8 +144,18 @@ def _run(argv: Sequence[str]) -> None:
         # picks up the subclass set here.
         trainer = trainer_class(ours.loss, ours.simpo_gamma)
         print(f"[openrlhf_coherent] train_dpo: --dpo.loss {ours.loss} ({trainer.__name__})", flush=True)
+    import openrlhf.utils.config as openrlhf_config
+
+    original_hierarchize = openrlhf_config.hierarchize
+
+    def hierarchize(flat_args):  # OpenRLHF's args tree, checked before train() loads a model
+        args = original_hierarchize(flat_args)
+        check_output_dir(args)
+        check_preference_data(args)
+        return args
+
     sys.argv = [OPENRLHF_CLI, *rest]
-    with replaced(dpo_trainer, "DPOTrainer", trainer):
+    with replaced(dpo_trainer, "DPOTrainer", trainer), replaced(openrlhf_config, "hierarchize", hierarchize):
         runpy.run_module(OPENRLHF_CLI, run_name="__main__", alter_sys=True)
 
 

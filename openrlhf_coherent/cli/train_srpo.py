@@ -77,6 +77,9 @@ def validate(args, argv: Sequence[str]) -> None:
         data.input_template = load_template(srpo.generation_template, "--srpo.generation_template", revision=False).as_input_template()
     if not data.dataset:
         raise ConfigError("--data.dataset is required")
+    from openrlhf_coherent.cli.train_dpo import check_output_dir
+
+    check_output_dir(args)
     keys = (data.prompt_key, data.chosen_key, data.rejected_key)
     for flag, datasets in (("--data.dataset", data.dataset), ("--eval.dataset", getattr(args.eval, "dataset", None))):
         for path in (datasets or "").split(","):

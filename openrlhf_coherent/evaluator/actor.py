@@ -92,13 +92,14 @@ class PairScorer:
             self.draw = functools.partial(hf_sample, model)
 
     def score(self, pairs: Sequence[Tuple[List[int], List[int]]]) -> Dict[str, List[float]]:
-        """Summed response log-probs under both models, and their difference, for each pair."""
+        """Summed response log-probs under both models, and their difference, for each pair.
+        NaN/inf are returned as they are: the driver reports them per row, with the line number."""
         kwargs = dict(batch_tokens=self.batch_tokens, pad_token_id=self.pad_token_id)
         num = response_log_probs(self.numerator, pairs, **kwargs)
         den = num if self.denominator is self.numerator else response_log_probs(self.denominator, pairs, **kwargs)
         pad = torch.nn.utils.rnn.pad_sequence
         mask = pad([torch.ones(len(x), dtype=torch.bool) for x in num], batch_first=True)
-        r = coherent_reward(pad(num, batch_first=True), pad(den, batch_first=True), mask)
+        r = coherent_reward(pad(num, batch_first=True), pad(den, batch_first=True), mask, check_finite=False)
         out = {
             "reward": r.reward.tolist(),
             "numerator_logp": r.sft_log_prob.tolist(),
@@ -107,7 +108,7 @@ class PairScorer:
         }
         if self.ensemble is not None:
             ens = response_log_probs(self.ensemble, pairs, **kwargs)
-            older = coherent_reward(pad(den, batch_first=True), pad(ens, batch_first=True), mask)
+            older = coherent_reward(pad(den, batch_first=True), pad(ens, batch_first=True), mask, check_finite=False)
             out["reward"] = ensemble_reward(r.reward, older.reward, self.ensemble_gamma).tolist()
             out["ensemble_logp"] = older.base_log_prob.tolist()
         return out

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from openrlhf_coherent.config import ConfigError, check_causal_lm, check_same_tokenizer, exit_status
+from openrlhf_coherent.config import ConfigError, check_causal_lm, check_number, check_same_tokenizer, exit_status
 
 from .rows import ON_BAD_ROW, BadRow, TextFormat
 
@@ -53,6 +54,31 @@ def check_args(args) -> None:
         raise ConfigError("--batch_tokens must be >= 1 and --max_len >= 2")
 
 
+def check_sampling(args) -> None:
+    """The sampling flags of bootstrap-pairs and spin-pairs, before Ray and the model load."""
+    check_number("--temperature", args.temperature, low=0)
+    check_number("--top_p", args.top_p, low=0, high=1)
+    check_number("--vllm_gpu_memory_utilization", args.vllm_gpu_memory_utilization, low=0, high=1)
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+
+
+def check_files(inputs: Sequence[Tuple[str, str]], streams: Sequence[Tuple[str, str]] = (), wholes: Sequence[Tuple[str, str]] = ()) -> None:
+    """(path, flag) of every input file, appended-to stream and whole-file output, checked before any
+    model loads: inputs exist, outputs can be written and alias no input or each other (real paths),
+    and an existing whole-file output is one of ours (streams check their rows when opened)."""
+    from openrlhf_coherent.files import check_outputs
+
+    from .output import check_derived_output
+
+    for path, flag in inputs:
+        if not os.path.isfile(path):
+            raise ConfigError(f"{flag} {path}: no such file")
+    check_outputs([*streams, *wholes], inputs)
+    for path, flag in wholes:
+        check_derived_output(path, flag)
+
+
 def check_model_pair(numerator: Tuple[str, str], denominator: Tuple[str, str], trust_remote_code: bool) -> None:
     """(path, flag) of both models: causal LMs sharing one tokenizer. Runs before Ray starts."""
     for path, flag in (numerator, denominator):
@@ -93,8 +119,7 @@ def reward_models(args) -> Tuple[Tuple[str, str], Tuple[str, str]]:
     if getattr(args, "ensemble_model", None):
         if args.reward != "implicit":
             raise ConfigError("--ensemble_model (SeRA eq. 7) needs --reward implicit")
-        if not 0 <= args.ensemble_gamma <= 1:
-            raise ConfigError(f"--ensemble_gamma must be in [0, 1], got {args.ensemble_gamma}")
+        check_number("--ensemble_gamma", args.ensemble_gamma, low=0, low_open=False, high=1)
         check_model_pair(pair[1], (args.ensemble_model, "--ensemble_model"), args.trust_remote_code)
     return pair
 
@@ -119,8 +144,8 @@ def check_selection(args) -> None:
         raise ConfigError(f"give exactly one of --top_k, --top_fraction, --threshold (got {given or 'none'})")
     if args.top_k is not None and args.top_k < 0:
         raise ConfigError(f"--top_k must be >= 0, got {args.top_k}")
-    if args.top_fraction is not None and not 0 <= args.top_fraction <= 1:
-        raise ConfigError(f"--top_fraction must be in [0, 1], got {args.top_fraction}")
+    check_number("--top_fraction", args.top_fraction, low=0, low_open=False, high=1)
+    check_number("--threshold", args.threshold)  # NaN would keep nothing, silently
 
 
 def select(rows: Sequence[dict], key: str, args) -> List[dict]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Sequence
 
-from openrlhf_coherent.config import ConfigError
+from openrlhf_coherent.files import model_identity
 
 from .common import check_args, report_bad_rows
 from .output import ScoredStream
-from .rows import Job, load_jobs
+from .rows import Job, bad_row_handler, load_jobs
 from .runner import ScorerPool, ray_session
 
 
@@ -29,34 +29,54 @@ class ScoringRound:
     actor_kwargs: Dict = field(default_factory=dict)  # e.g. SeRA eq. 7's ensemble model
 
 
+def scored_by(r: ScoringRound) -> Dict:
+    """The identities of the models a round scores with (and eq. 7's gamma, which the reward depends on)."""
+    stamp = {"numerator": model_identity(r.numerator), "denominator": model_identity(r.denominator)}
+    if r.actor_kwargs.get("ensemble"):
+        stamp["ensemble"] = model_identity(r.actor_kwargs["ensemble"])
+        stamp["ensemble_gamma"] = {"sha": r.actor_kwargs["ensemble_gamma"]}
+    return stamp
+
+
 def score_file(
     args,
     output: str,
+    output_flag: str,
+    required_keys: Sequence[str],
     make_job: Callable[[int, dict], Job],
     rounds: Sequence[ScoringRound],
     to_row: Callable[[Job, List[dict]], dict],
 ) -> Dict:
-    """Score the rows of args.input not yet in `output`, appending `to_row(job, scores)` for each.
-    Returns the summary counts."""
+    """Score the rows of args.input not yet in `output` (given by `output_flag`; every row of it has
+    `required_keys`), appending `to_row(job, scores)` for each. Returns the summary counts.
+    The caller has checked that `output` aliases no input (`common.check_files`)."""
     check_args(args)
-    if args.input == output:
-        raise ConfigError("--output must differ from --input (the output is appended to)")
-    stream = ScoredStream(output)
+    # Which models score each round, recorded in every row: a resume with other models is refused.
+    stamps = [scored_by(r) for r in rounds]
+
+    def expected_stamp(row: dict):
+        fold = row.get("fold", 0)
+        return stamps[fold] if isinstance(fold, int) and 0 <= fold < len(stamps) else {"fold": "unknown"}
+
+    stream = ScoredStream(output, output_flag, required_keys, expected_stamp)
     already = len(stream.done_lines)
     try:
         jobs, bad = load_jobs(args.input, make_job, args.on_bad_row, skip_lines=stream.done_lines)
         report_bad_rows(bad)
-        todo = [(r, [j for j in jobs if r.takes(j)]) for r in rounds]
-        todo = [(r, round_jobs) for r, round_jobs in todo if round_jobs]  # no actors for an empty round
+        on_bad = bad_row_handler(args.input, args.on_bad_row, bad, report=True)
+        todo = [(i, r, [j for j in jobs if r.takes(j)]) for i, r in enumerate(rounds)]
+        todo = [(i, r, round_jobs) for i, r, round_jobs in todo if round_jobs]  # no actors for an empty round
         if todo:  # else everything is already scored: no Ray start at all
             with ray_session(args.num_actors):
-                for r, round_jobs in todo:
+                for i, r, round_jobs in todo:
                     with ScorerPool(
                         args.num_actors, r.numerator, r.denominator,
                         batch_tokens=args.batch_tokens, trust_remote_code=args.trust_remote_code, **r.actor_kwargs,
                     ) as pool:  # fmt: skip
-                        write = lambda job, s, extra=r.extra: stream.write({**to_row(job, s), **extra})  # noqa: E731
-                        pool.score(round_jobs, write, r.desc)
+                        write = lambda job, s, extra=r.extra, stamp=stamps[i]: stream.write(  # noqa: E731
+                            {**to_row(job, s), **extra, "scored_by": stamp}
+                        )
+                        pool.score(round_jobs, write, r.desc, on_bad=on_bad)
     finally:
         stream.close()
     return {"already_scored": already, "scored": len(jobs), "skipped_bad_rows": len(bad), "bad_lines": [e.line for e in bad]}

@@ -51,7 +51,13 @@ def fold_assigner(fold_key: str, k: int) -> Callable[[Job], int]:
     return fold_of
 
 
-def score_responses(args, output: str, sft_models: Sequence[Tuple[str, str]], fold_of: Callable[[Job], int]) -> Dict:
+# What every row of a score stream has: a file without them is not ours and is never touched.
+SCORED_KEYS = ("coherent_reward", "sft_logp", "base_logp")
+
+
+def score_responses(
+    args, output: str, output_flag: str, sft_models: Sequence[Tuple[str, str]], fold_of: Callable[[Job], int]
+) -> Dict:
     """Score args.input into `output` (append-only, resumable); fold i of `fold_of` uses sft_models[i]."""
     base = (args.base_model, "--base_model")
     for sft in sft_models:
@@ -77,7 +83,7 @@ def score_responses(args, output: str, sft_models: Sequence[Tuple[str, str]], fo
         )
         for i, (sft, _) in enumerate(sft_models)
     ]  # fmt: skip
-    return score_file(args, output, make_job, rounds, lambda job, s: scored_row(job, s[0]))
+    return score_file(args, output, output_flag, SCORED_KEYS, make_job, rounds, lambda job, s: scored_row(job, s[0]))
 
 
 def sft_model_list(args) -> List[Tuple[str, str]]:

@@ -14,6 +14,7 @@ response within --max_len) becomes a `BadRow` naming its 1-based line number.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -50,7 +51,8 @@ class TextFormat:
         """The prompt alone (bootstrap-pairs generates from it)."""
         prompt = _field(row, self.prompt_key, line)
         if self.apply_chat_template:
-            return tokenizer.apply_chat_template(_messages(prompt, "user"), tokenize=False, add_generation_prompt=True)
+            messages = _messages(prompt, "user", line, f"{self.prompt_key!r}")
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if not isinstance(prompt, str):
             raise BadRow(line, f"{self.prompt_key!r} is not a string (pass --apply_chat_template for chat messages)")
         return self.input_template.format(prompt) if self.input_template else prompt
@@ -61,11 +63,14 @@ class TextFormat:
             # Conversation form (OpenRLHF's DPO without --data.prompt_key): the last message is the response.
             if not self.apply_chat_template or not isinstance(response, list) or len(response) < 2:
                 raise BadRow(line, "with no prompt key, the response field must be a chat conversation of 2+ messages")
+            check_messages(response, line, "the conversation")
             prompt = tokenizer.apply_chat_template(response[:-1], tokenize=False, add_generation_prompt=True)
             return prompt, tokenizer.apply_chat_template(response, tokenize=False)[len(prompt) :]
         prompt = self.prompt_text(tokenizer, row, line)
         if self.apply_chat_template:
-            conversation = _messages(row[self.prompt_key], "user") + _messages(response, "assistant")
+            conversation = _messages(row[self.prompt_key], "user", line, f"{self.prompt_key!r}") + _messages(
+                response, "assistant", line, "the response"
+            )
             return prompt, tokenizer.apply_chat_template(conversation, tokenize=False)[len(prompt) :]
         if not isinstance(response, str):
             raise BadRow(line, "the response is not a string (pass --apply_chat_template for chat messages)")
@@ -78,10 +83,26 @@ def _field(row: dict, key: str, line: int):
     return row[key]
 
 
-def _messages(value, role: str) -> list:
+def _messages(value, role: str, line: int, what: str) -> list:
     # OpenRLHF's SFT dataset wraps plain strings as one message; its DPO dataset expects lists.
     # Accepting both lets one file feed either tool.
-    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    check_messages(value, line, what)
+    return list(value)
+
+
+def check_messages(value, line: int, what: str) -> None:
+    """BadRow naming the line unless `value` is a list of chat messages with string role and content
+    (anything else makes a chat template fail with a bare TypeError, or template garbage)."""
+    ok = isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+    if not ok:
+        raise BadRow(
+            line, f"{what} must be a string or a non-empty list of chat messages {{role, content}} with string "
+            f"values, got {type(value).__name__} {json.dumps(value, default=str)[:80]}"
+        )
 
 
 def tokenize_pair(tokenizer, prompt: str, response: str, max_len: int, line: int) -> Tuple[List[int], List[int], bool]:
@@ -128,10 +149,9 @@ def load_jobs(
     Runs before any model or Ray actor starts, so `--on_bad_row fail` stops the run before it
     writes anything and output from earlier runs is untouched.
     """
-    if on_bad_row not in ON_BAD_ROW:
-        raise ConfigError(f"--on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     done = set(skip_lines)
     jobs, bad = [], []
+    handle = bad_row_handler(path, on_bad_row, bad)
     for line, row in read_jsonl(path):
         if line in done:
             continue
@@ -140,10 +160,24 @@ def load_jobs(
                 raise row
             jobs.append(make_job(line, row))
         except BadRow as e:
-            if on_bad_row == "fail":
-                raise ConfigError(f"--input {path}: {e} (--on_bad_row fail; pass --on_bad_row skip to skip such rows)") from None
-            bad.append(e)
+            handle(e)
     return jobs, bad
+
+
+def bad_row_handler(path: str, on_bad_row: str, bad: List[BadRow], report: bool = False) -> Callable[[BadRow], None]:
+    """What to do with a bad row of --input `path`: stop (`fail`: a ConfigError naming the line) or
+    collect it in `bad` (`skip`; `report`: also print it now, for rows found while scoring)."""
+    if on_bad_row not in ON_BAD_ROW:
+        raise ConfigError(f"--on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
+
+    def handle(e: BadRow) -> None:
+        if on_bad_row == "fail":
+            raise ConfigError(f"--input {path}: {e} (--on_bad_row fail; pass --on_bad_row skip to skip such rows)")
+        bad.append(e)
+        if report:
+            print(f"[openrlhf_coherent] skipped {e} (--on_bad_row skip)", file=sys.stderr)
+
+    return handle
 
 
 def row_to_job(tokenizer, fmt: TextFormat, response_keys: Sequence[str], max_len: int) -> Callable[[int, dict], Job]:

@@ -20,7 +20,9 @@ from openrlhf_coherent import devmode
 from openrlhf_coherent.scoring import plan_batches
 
 from .actor import PairScorer
-from .rows import Job
+from openrlhf_coherent.files import non_finite
+
+from .rows import BadRow, Job
 
 IN_FLIGHT_PER_ACTOR = 2
 
@@ -45,6 +47,10 @@ class ScorerPool:
     def __init__(self, num_actors: int, numerator: str, denominator: str, *, batch_tokens: int, **actor_kwargs):
         threads = max(1, (os.cpu_count() or 1) // num_actors)  # only used on CPU
         self.batch_tokens = batch_tokens
+        # Which model each score comes from, to name it when its log-probs are not finite.
+        self.sources = {"numerator_logp": numerator, "denominator_logp": denominator}
+        if actor_kwargs.get("ensemble"):
+            self.sources["ensemble_logp"] = actor_kwargs["ensemble"]
         self.actors = [
             PairScorer.remote(numerator, denominator, batch_tokens=batch_tokens, num_threads=threads, **actor_kwargs)
             for _ in range(num_actors)
@@ -81,8 +87,26 @@ class ScorerPool:
                 submit(actor)
             yield t, result
 
-    def score(self, jobs: Sequence[Job], on_done: Callable[[Job, List[dict]], None], desc: str = "scoring") -> None:
-        """Score every pair of every job; call `on_done(job, [scores per pair])` as each job completes."""
+    def non_finite(self, job: Job, scores: List[dict]) -> Optional[BadRow]:
+        """A BadRow naming the line and the model when a score of `job` is NaN or infinite."""
+        for k, s in enumerate(scores):
+            # The models' log-probs first: they name the model to look at.
+            items = sorted(s.items(), key=lambda kv: kv[0] not in self.sources)
+            bad = non_finite((f"{key} of {self.sources[key]}" if key in self.sources else key, v) for key, v in items)
+            if bad:
+                which = f"response {k + 1} of {len(scores)}: " if len(scores) > 1 else ""
+                return BadRow(job.line, f"{which}non-finite log-probs ({bad}): that model's weights or dtype give NaN/inf")
+        return None
+
+    def score(
+        self,
+        jobs: Sequence[Job],
+        on_done: Callable[[Job, List[dict]], None],
+        desc: str = "scoring",
+        on_bad: Optional[Callable[[BadRow], None]] = None,
+    ) -> None:
+        """Score every pair of every job; call `on_done(job, [scores per pair])` as each job completes.
+        A job with a NaN/inf score goes to `on_bad(BadRow)` instead (default: raise the BadRow)."""
         items = [(j, k) for j, job in enumerate(jobs) for k in range(len(job.pairs))]
         lengths = [sum(map(len, jobs[j].pairs[k])) for j, k in items]
         batches = plan_batches(lengths, self.batch_tokens)
@@ -99,7 +123,13 @@ class ScorerPool:
                     if remaining[j] == 0:
                         finished.append(j)
                 for j in sorted(finished, key=lambda j: jobs[j].line):
-                    on_done(jobs[j], scores[j])
+                    bad = self.non_finite(jobs[j], scores[j])
+                    if bad is None:
+                        on_done(jobs[j], scores[j])
+                    elif on_bad is None:
+                        raise bad
+                    else:
+                        on_bad(bad)
                 bar.update(len(finished))
 
     def sample(self, requests: Sequence[Tuple[int, List[int]]], chunk: int, **kwargs) -> List[List[List[int]]]:
