@@ -19,7 +19,8 @@ import contextlib
 import json
 import logging
 import os
-from typing import List
+import uuid
+from typing import List, Optional
 
 import torch
 
@@ -41,6 +42,9 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         # logged, so a run shows that the SFT model is not run twice when reuse applies.
         self.last_forward_counts = {"base": 0, "sft": 0}
         self.rollout_step = 0
+        # Tags this run's rollout-log rows (kept across resumes through the checkpoint), so a resume
+        # cuts only rows this run wrote, never those of an earlier run sharing the file.
+        self.run_id = uuid.uuid4().hex
         self.sft_logp_reference = None  # --coherent.sft_logp_floor: per-token log p_SFT of the first rollout
         self.floored = 0  # samples the floor guard replaced in the last rollout
 
@@ -157,23 +161,28 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             self._write_rollout_log(experiences)
         return experiences
 
-    def cut_rollout_log_after(self, rollout_step: int) -> int:
-        """On resume: drop the rows of rollouts after the checkpoint, which the resumed run makes
-        again (and of a line cut by the kill), so each step appears once. Returns the rows dropped."""
+    def cut_rollout_log_after(self, rollout_step: int, run_id: Optional[str]) -> int:
+        """On resume: drop this run's rows of rollouts after the checkpoint, which the resumed run
+        makes again (and a last line cut short by the kill), so each step appears once. Rows of
+        other runs stay. `run_id` None (a checkpoint of an older version, whose rows had no run id):
+        only rows without one are candidates. Returns the rows dropped."""
         path = self.coherent.rollout_log
         if not path or not os.path.exists(path):
             return 0
         kept, dropped = [], 0
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    keep = json.loads(line)["step"] <= rollout_step
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    keep = False
-                if keep:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-                else:
-                    dropped += 1
+            lines = f.readlines()
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+                keep = row.get("run_id") != run_id or row["step"] <= rollout_step
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                # config.check_rollout_log admitted only our rows, plus a last line a kill cut short.
+                keep = number != len(lines)
+            if keep:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
         if dropped:
             with open(path + ".tmp", "w", encoding="utf-8") as f:
                 f.writelines(kept)
@@ -190,6 +199,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                     prompt_ids = e.sequences[i, :first][e.attention_mask[i, :first].bool()].tolist()
                     response_ids = e.sequences[i, 1:][action].tolist()
                     row = {
+                        "run_id": self.run_id,
                         "step": self.rollout_step,
                         "prompt": self.tokenizer.decode(prompt_ids, skip_special_tokens=True),
                         "response": self.tokenizer.decode(response_ids, skip_special_tokens=True),

@@ -69,6 +69,7 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
         maker = self.experience_maker
         return {
             "rollout_step": maker.rollout_step,
+            "run_id": maker.run_id,
             "sft_logp_reference": maker.sft_logp_reference,
             "alarm": self.alarm.state_dict() if self.alarm is not None else None,
         }
@@ -91,10 +92,12 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
             return states
         maker = self.experience_maker
         maker.rollout_step = saved["rollout_step"]
+        # Older checkpoints have no run id (nor had their rows): the cut then only touches rows without one.
+        maker.run_id = saved.get("run_id")
         maker.sft_logp_reference = saved["sft_logp_reference"]
         if self.alarm is not None and saved["alarm"] is not None:
             self.alarm.load_state_dict(saved["alarm"])
-        dropped = maker.cut_rollout_log_after(maker.rollout_step)
+        dropped = maker.cut_rollout_log_after(maker.rollout_step, maker.run_id)
         logger.info(
             f"openrlhf_coherent: resumed the coherent-reward state at rollout {maker.rollout_step}"
             + (f"; dropped {dropped} rollout-log rows written after that checkpoint (redone now)" if dropped else "")

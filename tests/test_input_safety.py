@@ -200,6 +200,29 @@ def test_rollout_log_that_is_not_ours_is_refused_before_ray(tiny_models, tmp_pat
     parse_args(srppo_argv(sft, base, "--coherent.rollout_log", str(log)))
 
 
+
+def test_resume_cuts_only_rows_this_run_wrote(tmp_path):
+    """A log shared with an earlier run: the resume of run B (checkpoint at rollout 2) drops B's
+    rows after rollout 2 and the line its kill cut short; every row of run A stays, whatever its step."""
+    from types import SimpleNamespace
+
+    from openrlhf_coherent.experience import CoherentExperienceMaker
+
+    def row(run, step):
+        return json.dumps({"run_id": run, "step": step, "prompt_ids": [1], "response_ids": [2], "reward": 0.5}) + "\n"
+
+    log = tmp_path / "rollouts.jsonl"
+    earlier = [row("A", s) for s in (1, 2, 3, 4)]
+    ours_kept, ours_redone = [row("B", 1), row("B", 2)], [row("B", 3)]
+    log.write_text("".join(earlier + ours_kept + ours_redone) + '{"run_id": "B", "st')
+    maker = object.__new__(CoherentExperienceMaker)  # only the rollout-log settings are needed
+    maker.coherent = SimpleNamespace(rollout_log=str(log))
+    assert maker.cut_rollout_log_after(2, "B") == 2
+    assert log.read_text() == "".join(earlier + ours_kept)
+    # A checkpoint of an older version (no run id): only rows without one are cut.
+    log.write_text(row("A", 5) + json.dumps({"step": 5, "prompt_ids": [1], "response_ids": [2], "reward": 0}) + "\n")
+    assert maker.cut_rollout_log_after(2, None) == 1 and log.read_text() == row("A", 5)
+
 # --- 6. NaN ----------------------------------------------------------------------------------
 
 
