@@ -229,14 +229,15 @@ def check_same_tokenizer(
     trust_remote_code: bool,
     base_flag: str = "--coherent.base_model",
     allow_eos_difference: bool = False,
-) -> Optional[int]:
+) -> Optional[List[int]]:
     """The two log-probs are only comparable token by token if both models share one tokenizer.
 
     Base/SFT pairs often differ only in the EOS token (Qwen2.5 base vs Instruct; Llama-3 base's
     <|end_of_text|> vs an SFT model's <|eot_id|>). With `allow_eos_difference` (the PPO path) such a
-    pair is accepted and the SFT model's EOS id is returned: a finished response ends with it, which
-    the base scores as an ordinary, often very unlikely token (a near-constant bonus on every finished
-    response), so the caller excludes that final token from both terms. Otherwise returns None."""
+    pair is accepted and the ids the SFT model stops on but the base does not are returned: a finished
+    response ends with one, which the base scores as an ordinary, often very unlikely token (a
+    near-constant bonus on every finished response), so the caller excludes that final token from
+    both terms. Otherwise returns None."""
     from transformers import AutoTokenizer
 
     def load(path, flag):
@@ -259,21 +260,40 @@ def check_same_tokenizer(
                 f"{sft_flag} {sft_path} and {base_flag} {base_path} have different special tokens: "
                 f"{name} {getattr(sft, name)} vs {getattr(base, name)}"
             )
-    if sft.eos_token_id == base.eos_token_id:
-        return None
-    if not allow_eos_difference or sft.eos_token_id is None:
+    if sft.eos_token_id != base.eos_token_id and (not allow_eos_difference or sft.eos_token_id is None):
         raise ConfigError(
             f"{sft_flag} {sft_path} and {base_flag} {base_path} have different special tokens: "
             f"eos_token_id {sft.eos_token_id} vs {base.eos_token_id}"
             + ("" if sft.eos_token_id is None else " (PPO with --reward.model_name_or_path coherent accepts such pairs)")
         )
+    if not allow_eos_difference:
+        return None
+    # The rollout engine stops on the tokenizer's EOS and on the generation config's (vLLM's rule;
+    # Llama-3-Instruct's <|eot_id|> is only there): every such id the base does not stop on counts.
+    sft_only = sorted(stop_token_ids(sft_path, sft) - stop_token_ids(base_path, base))
+    if not sft_only:
+        return None
     logger.warning(
-        "SRPPO: %s and %s share their vocabulary but not their EOS token (SFT %r, id %d; base %r, id %s): the final "
-        "SFT EOS of a finished response is excluded from both terms of the coherent reward (eos_policy=exclude; "
-        "with --coherent.aggregate mean the length counts the tokens before it)",
-        sft_flag, base_flag, sft.eos_token, sft.eos_token_id, base.eos_token, base.eos_token_id,
+        "SRPPO: %s and %s share their vocabulary but not their EOS tokens (SFT stops on %s, the base does not): a "
+        "finished response's final token, when it is one of these, is excluded from both terms of the coherent "
+        "reward (eos_policy=exclude; with --coherent.aggregate mean the length counts the tokens before it)",
+        sft_flag, base_flag, ", ".join(f"{sft.convert_ids_to_tokens(i)!r} (id {i})" for i in sft_only),
     )  # fmt: skip
-    return sft.eos_token_id
+    return sft_only
+
+
+def stop_token_ids(path: str, tokenizer) -> set:
+    """The ids generation stops on for the model at `path`: its tokenizer's EOS and its generation
+    config's `eos_token_id` (an int or a list), as vLLM collects them."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id} - {None}
+    try:
+        eos = GenerationConfig.from_pretrained(path).eos_token_id
+    except (OSError, ValueError):  # no generation_config.json: the tokenizer's EOS only
+        eos = None
+    ids.update([eos] if isinstance(eos, int) else (eos or []))
+    return ids
 
 
 ROLLOUT_LOG_KEYS = ("step", "prompt_ids", "response_ids", "reward")  # every row the rollout log writes has them
@@ -406,9 +426,18 @@ def validate(args) -> None:
     refuse_remote_code(args.actor.model_name_or_path, "--actor.model_name_or_path", trust, PPO_TRUST_FLAG)
     refuse_remote_code(args.critic.model_name_or_path, "--critic.model_name_or_path", trust, PPO_TRUST_FLAG)
     share_with_workers(trust)  # for loaders in Ray workers that cannot see args (the CPU rollout engine)
-    # Derived setting read by the experience maker: the SFT-only EOS id whose final occurrence is
-    # excluded from both terms (None: the tokenizers agree on EOS).
-    c.sft_only_eos_token_id = check_same_tokenizer(c.sft_model, c.base_model, sft_flag, trust, allow_eos_difference=True)
+    # Derived setting read by the experience maker: the EOS ids the SFT model (and the actor that
+    # generates) stops on and the base does not, excluded from both terms when a response ends with
+    # one (None: they stop on the same ids).
+    sft_only = check_same_tokenizer(c.sft_model, c.base_model, sft_flag, trust, allow_eos_difference=True) or []
+    if not same_model_path(c.sft_model, args.actor.model_name_or_path):
+        from transformers import AutoTokenizer
+
+        def stops(path):
+            return stop_token_ids(path, AutoTokenizer.from_pretrained(path, trust_remote_code=trust))
+
+        sft_only = sorted(set(sft_only) | (stops(args.actor.model_name_or_path) - stops(c.base_model)))
+    c.sft_only_eos_token_ids = sft_only or None
 
     # OpenRLHF's reference model is loaded from the actor path and scores at the rollout temperature.
     # Only when that is exactly the SFT model at temperature 1 are its log-probs log p_SFT.

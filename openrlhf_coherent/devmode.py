@@ -252,7 +252,7 @@ def ray_init_settings(num_gpus: int = 8, address: Optional[str] = None, temp_dir
 
     if TRUST_ENV in os.environ:
         env_vars[TRUST_ENV] = os.environ[TRUST_ENV]
-    runtime_env = {"worker_process_setup_hook": f"{__name__}.worker_setup", "env_vars": env_vars}
+    runtime_env = {"worker_process_setup_hook": f"{__name__}.worker_setup", "env_vars": drop_job_env_vars(env_vars)}
     if device == "cuda" or joining:
         return device, reason, {"runtime_env": runtime_env}
     # On a loaded 2-core machine the raylet can take longer than Ray's default 60 s to register
@@ -266,6 +266,29 @@ def ray_init_settings(num_gpus: int = 8, address: Optional[str] = None, temp_dir
         "include_dashboard": False,
         "runtime_env": runtime_env,
     }
+
+
+def drop_job_env_vars(env_vars: dict) -> dict:
+    """`env_vars` less those the submitted job's runtime_env already sets (inside `ray job submit`).
+
+    Ray refuses to merge a driver's runtime_env with the job's when both set one env var, even to
+    the same value; the job's reaches the workers anyway. A different value raises DeviceError
+    naming the variable: the workers would not get what this driver decided."""
+    import json
+
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    job_config = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)
+    if not job_config:
+        return env_vars
+    job_env = (json.loads(job_config).get("runtime_env") or {}).get("env_vars") or {}
+    for key, value in job_env.items():
+        if key in env_vars and str(env_vars[key]) != str(value):
+            raise DeviceError(
+                f"{key}={value!r} in the submitted job's runtime_env, but this job needs {key}={env_vars[key]!r} "
+                f"in its Ray workers: change or remove it in --runtime-env-json"
+            )
+    return {key: value for key, value in env_vars.items() if key not in job_env}
 
 
 def ray_init_kwargs(num_gpus: int = 8, address: Optional[str] = None) -> dict:

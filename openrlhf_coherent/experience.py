@@ -84,7 +84,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         c = self.coherent
         options = dict(reward_type=c.reward_type, aggregate=c.aggregate, scale=c.scale, token_clip=c.token_clip)
         results = [
-            coherent_reward(sft, t["base"], reward_mask(samples, getattr(c, "sft_only_eos_token_id", None)), **options)
+            coherent_reward(sft, t["base"], reward_mask(samples, getattr(c, "sft_only_eos_token_ids", None)), **options)
             for samples, t, sft in zip(samples_list, terms, sft_log_probs)
         ]
         self._keep_sft_reference(results)
@@ -103,6 +103,8 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             samples.info["coherent_sft_logp"] = result.sft_log_prob
             samples.info["coherent_base_logp"] = result.base_log_prob
             samples.info["coherent_log_ratio"] = result.log_ratio_sum
+            # Tokens the two terms count (the response less an excluded SFT-only EOS): per-token stats.
+            samples.info["coherent_length"] = result.length.float()
         return samples_list
 
     def _keep_sft_reference(self, results) -> None:
@@ -119,8 +121,10 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                 "reference (written by an older version): the floor is anchored to this rollout's policy, not "
                 "to the SFT model's own samples"
             )
-        per_token = torch.cat([r.sft_log_prob / r.length.clamp(min=1) for r in results])
-        self.sft_logp_reference = per_token.mean().item()
+        # Responses with no counted token (only an excluded EOS) say nothing about per-token likelihood.
+        per_token = torch.cat([(r.sft_log_prob / r.length.clamp(min=1))[r.length > 0] for r in results])
+        if len(per_token):
+            self.sft_logp_reference = per_token.mean().item()
 
     def _apply_sft_logp_floor(self, results) -> None:
         """Typical-set guard: a response the SFT model itself finds far less likely per token than its
@@ -221,19 +225,20 @@ def total_reward(result) -> torch.Tensor:
     return result.reward + result.token_rewards.sum(dim=-1)
 
 
-def reward_mask(samples, sft_only_eos_token_id) -> torch.Tensor:
+def reward_mask(samples, sft_only_eos_token_ids) -> torch.Tensor:
     """The response positions the coherent reward counts: `action_mask`, less the final token of a
-    finished response when it is an EOS the SFT tokenizer has and the base's has not (see
+    finished response when it is an EOS the SFT model stops on and the base does not (see
     `config.check_same_tokenizer`): the base would score it as an ordinary, often very unlikely
     token, a near-constant bonus for every finished response. Excluded from both terms."""
     mask = samples.action_mask
-    if sft_only_eos_token_id is None:
+    if not sft_only_eos_token_ids:
         return mask
     positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
     last = torch.where(mask.bool(), positions, -1).max(dim=-1).values  # last response position, -1 if none
     rows = torch.arange(mask.size(0), device=mask.device)
     # action position j is the token sequences[:, j + 1]
-    ends_with_sft_eos = (last >= 0) & (samples.sequences[rows, last.clamp(min=0) + 1] == sft_only_eos_token_id)
+    final_token = samples.sequences[rows, last.clamp(min=0) + 1]
+    ends_with_sft_eos = (last >= 0) & torch.isin(final_token, torch.tensor(sft_only_eos_token_ids, device=mask.device))
     mask = mask.clone()
     mask[rows[ends_with_sft_eos], last[ends_with_sft_eos]] = 0
     return mask

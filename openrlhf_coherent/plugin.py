@@ -100,6 +100,10 @@ class CoherentRewardPlugin:
         extra_env = extra.pop("runtime_env", {})
         runtime_env["env_vars"] = {**extra_env.get("env_vars", {}), **runtime_env.get("env_vars", {})}
         runtime_env["env_vars"][devmode.DEVICE_ENV] = device  # the decision itself is not the caller's to override
+        try:
+            runtime_env["env_vars"] = devmode.drop_job_env_vars(runtime_env["env_vars"])
+        except devmode.DeviceError as e:
+            raise config.ConfigError(str(e)) from None
         runtime_env.update({k: v for k, v in extra_env.items() if k != "env_vars"})
         merged.update(extra)
         merged["runtime_env"] = runtime_env

@@ -149,7 +149,9 @@ def action_log_probs(model, sequences: torch.Tensor, attention_mask: torch.Tenso
     log_probs = torch.zeros(action_mask.shape, dtype=torch.float32, device=sequences.device)
     first = first_response_position(action_mask)
     if first is None:
-        return log_probs
+        # No response token in this micro-batch (a prompt that fills --data.max_len): run the model
+        # anyway on the last position, so every ZeRO-3 rank makes the same call and parameter gathers.
+        first = num_actions - 1
     position_ids = attention_mask.long().cumsum(-1) - 1
     position_ids.masked_fill_(attention_mask == 0, 1)
     # Action j (of A) is token S-A+j, predicted at position S-A-1+j: keep the positions from the

@@ -31,14 +31,15 @@ def coherent_rollout_stats(experiences: List, maker: CoherentExperienceMaker) ->
 
     reward, sft, base = cat("coherent_reward"), cat("coherent_sft_logp"), cat("coherent_base_logp")
     length = torch.cat([e.action_mask.float().sum(-1) for e in experiences]).clamp(min=1)
+    counted = cat("coherent_length").clamp(min=1)  # the tokens both terms sum over
     truncated = torch.cat([e.truncated.float() for e in experiences if e.truncated is not None])
     return {
         "coherent/reward_mean": reward.mean().item(),
         "coherent/reward_std": reward.std().item() if len(reward) > 1 else 0.0,
         "coherent/sft_logp_mean": sft.mean().item(),
         "coherent/base_logp_mean": base.mean().item(),
-        "coherent/sft_logp_per_token": (sft / length).mean().item(),
-        "coherent/base_logp_per_token": (base / length).mean().item(),
+        "coherent/sft_logp_per_token": (sft / counted).mean().item(),
+        "coherent/base_logp_per_token": (base / counted).mean().item(),
         "coherent/response_length_mean": length.mean().item(),
         "coherent/truncated_rate": truncated.mean().item() if len(truncated) else 0.0,
         "coherent/eos_rate": 1.0 - truncated.mean().item() if len(truncated) else 1.0,

@@ -103,13 +103,22 @@ from openrlhf_coherent.config import ConfigError
 from openrlhf_coherent.plugin import CoherentRewardPlugin
 import ray
 
+from openrlhf_coherent.cli.train_ppo_ray import plugin_installed
+
 plugin = CoherentRewardPlugin()
 plugin.validate(parse_args(json.loads(sys.argv[1])))  # a stock command line: no models needed
-try:
-    kwargs = plugin.ray_init_kwargs({"runtime_env": {"env_vars": {"NCCL_DEBUG": "WARN"}}})  # OpenRLHF's own
+kwargs, real_init = {}, ray.init
+
+def recording_init(*args, **kw):  # the last call is the job's own (the plugin may probe first)
+    kwargs.clear(); kwargs.update(kw)
+    return real_init(*args, **kw)
+
+ray.init = recording_init
+try:  # through the CLI's ray.init hook, as OpenRLHF's train() calls it, with OpenRLHF's own runtime_env
+    with plugin_installed(plugin, coherent=False):
+        ray.init(runtime_env={"env_vars": {"NCCL_DEBUG": "WARN"}})
 except ConfigError as e:
     print("REFUSED", e); sys.exit(0)
-ray.init(**kwargs)
 
 @ray.remote(num_gpus=1)
 class Probe:
@@ -166,6 +175,18 @@ def test_cuda_less_driver_joining_a_gpu_cluster_does_not_use_the_cpu_mode(gpu_cl
     assert forced["kwargs"] == ["runtime_env"] and forced["env"] == "cpu"
     assert forced["cpu_mode"] is True and forced["cpu_engine"] is True
     assert forced["worker"] == {"env": "cpu", "decision": "cpu", "set_device_patched": True}
+
+
+def test_env_vars_the_submitted_job_sets_are_not_set_again(monkeypatch):
+    """Inside `ray job submit`, Ray refuses a driver runtime_env that repeats a job env var (even
+    with the same value): those are dropped; a different value is refused, naming the variable."""
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(
+        {"runtime_env": {"env_vars": {devmode.DEVICE_ENV: "cuda", "HF_HOME": "/data/hf"}}}))  # fmt: skip
+    assert devmode.drop_job_env_vars({devmode.DEVICE_ENV: "cuda", "NCCL_DEBUG": "WARN"}) == {"NCCL_DEBUG": "WARN"}
+    with pytest.raises(devmode.DeviceError, match=f"{devmode.DEVICE_ENV}='cuda' in the submitted job"):
+        devmode.drop_job_env_vars({devmode.DEVICE_ENV: "cpu"})
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    assert devmode.drop_job_env_vars({devmode.DEVICE_ENV: "cpu"}) == {devmode.DEVICE_ENV: "cpu"}
 
 
 # ---- items 3, 4, 8: refused or resolved before Ray ----------------------------------------------
@@ -233,11 +254,26 @@ def test_eos_only_difference_is_accepted_for_ppo_and_named_in_the_log(tiny_model
     base, _ = tiny_models
     sft, eos_id = sft_with_own_eos
     args = parse_args(srppo_argv(sft, base))
-    assert args.coherent.sft_only_eos_token_id == eos_id
+    assert args.coherent.sft_only_eos_token_ids == [eos_id]
     assert "eos_policy=exclude" in caplog.text
     # Tools that have no such handling still refuse the pair.
     with pytest.raises(ConfigError, match="eos_token_id"):
         check_same_tokenizer(sft, base, "--sft_model", False, base_flag="--base_model")
+
+
+def test_generation_config_eos_counts_as_an_sft_eos(tiny_models, tmp_path):
+    """Same tokenizer EOS, but the SFT model's generation config also stops on another id (as
+    Llama-3-Instruct's <|eot_id|>): that id is excluded; a pair that stops alike excludes nothing."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    base, sft = tiny_models
+    copy = tmp_path / "sft"
+    shutil.copytree(sft, copy)
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    turn_end = tokenizer.convert_tokens_to_ids("!")
+    GenerationConfig(eos_token_id=[tokenizer.eos_token_id, turn_end]).save_pretrained(copy)
+    assert check_same_tokenizer(str(copy), base, "--coherent.sft_model", False, allow_eos_difference=True) == [turn_end]
+    assert check_same_tokenizer(sft, base, "--coherent.sft_model", False, allow_eos_difference=True) is None
 
 
 def test_final_sft_eos_is_excluded_from_both_terms():
@@ -251,7 +287,7 @@ def test_final_sft_eos_is_excluded_from_both_terms():
     sequences = torch.tensor([[1, 2, 3, 4, 7], [1, 2, 3, 4, 5], [1, 2, 3, 7, 0]])
     action_mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 0]])
     samples = Experience(sequences=sequences, action_mask=action_mask)
-    mask = reward_mask(samples, eos)
+    mask = reward_mask(samples, [eos])
     assert mask.tolist() == [[0, 0, 1, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
     assert reward_mask(samples, None) is action_mask  # tokenizers agree: unchanged
     sft = torch.tensor([[0.0, 0.0, -1.0, -0.1]] * 3)
@@ -338,6 +374,11 @@ def test_response_window_trims_the_prompt_positions(tiny_models):
     full = torch.log_softmax(forward(input_ids=sequences, attention_mask=attention_mask).logits.float(), -1)
     expected = full[:, :-1].gather(-1, sequences[:, 1:, None])[..., 0] * action_mask
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # A micro-batch without any response token (a prompt filling --data.max_len) still makes the
+    # model call: under ZeRO-3 a rank that skipped it would leave its peers waiting in a gather.
+    asked.clear()
+    empty = action_log_probs(model, sequences, attention_mask, torch.zeros_like(action_mask))
+    assert len(asked) == 1 and not empty.any()
 
 
 def test_token_wise_run_logs_the_total_reward_ppo_trains_on(tmp_path, tiny_models, prompt_file):

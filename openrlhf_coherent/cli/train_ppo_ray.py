@@ -56,7 +56,10 @@ def plugin_installed(plugin: CoherentRewardPlugin, coherent: bool) -> Iterator[N
         return args
 
     def ray_init(*args, **kwargs):
-        return original_ray_init(*args, **plugin.ray_init_kwargs(kwargs))
+        # The plugin may probe a running cluster with ray.init itself: give it the real one.
+        with replaced(ray, "init", original_ray_init):
+            merged = plugin.ray_init_kwargs(kwargs)
+        return original_ray_init(*args, **merged)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(replaced(argparse.ArgumentParser, "parse_args", parse_args))
