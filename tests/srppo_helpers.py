@@ -95,3 +95,16 @@ def check_rewards_match_independent_computation(out_dir, sft, base, n_steps, onl
         expected = plain_coherent_reward(sft, base, row["prompt_ids"], row["response_ids"])
         assert row["reward"] == pytest.approx(expected, abs=2e-3, rel=1e-4), row
     return rows
+
+
+def free_ports(n):
+    """n TCP ports free on 127.0.0.1 right now (for a Ray head's many listeners)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

@@ -9,7 +9,6 @@ Ray on the machine can find it) in a subprocess driver.
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from openrlhf_coherent.cli.train_ppo_ray import _parse, _SelectionProbe, main, p
 from openrlhf_coherent.config import ConfigError, check_same_tokenizer
 from openrlhf_coherent.plugin import CoherentRewardPlugin
 from openrlhf_coherent.reward import coherent_reward
+from srppo_helpers import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,22 +59,12 @@ def test_bad_device_switch_is_refused(monkeypatch):
         devmode.requested_device()
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture
 def gpu_cluster():
     """A running Ray head that looks like a GPU node to the job: 2 GPUs and the accelerator_type
     resource Ray adds when it detects GPU hardware. Own temp dir: no other process finds it."""
     temp_dir = tempfile.mkdtemp(prefix="rgc", dir="/tmp")  # short: AF_UNIX path limit
-    port, *extra = _free_ports(6)
+    port, *extra = free_ports(6)
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     flags = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
              "runtime-env-agent-port", "metrics-export-port")  # fmt: skip

@@ -12,13 +12,13 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 
 import pytest
 
+from srppo_helpers import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "examples", "scripts")
@@ -145,16 +145,6 @@ def test_slurm_refuses_to_run_outside_slurm_unless_told():
     assert proc.returncode == 2 and "SLURM_LOCAL=1" in proc.stderr
     proc = run_script(SLURM, {"CONFIG": TINY_CONFIG, "SLURM_LOCAL": "1", "SLURM_JOB_NODELIST": "a,b"})
     assert proc.returncode == 2 and "must name one node" in proc.stderr
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
