@@ -5,5 +5,7 @@ pretrain.py     word-level tokenizer + tiny Llama "pretrained" from scratch on t
 sft.py          stage 1: OpenRLHF's own train_sft on the demonstrations (CPU dev mode)
 evaluate.py     greedy held-out accuracy (in-domain / out-of-domain) with the checker
 reward_check.py does the coherent reward rank correct responses above wrong ones?
-(the PPO stage and the demo driver live in their own modules here)
+ppo.py          stage 2: PPO through this package's entry point (SRPPO, or the checker reward)
+run.py          the demo driver (`make demo`); sweep.py the paper's levers (`make demo-sweep`)
+hacking.py      the reward-hacking reproduction and guard ablation
 """

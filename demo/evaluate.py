@@ -72,7 +72,7 @@ def evaluate(model_path: str, specs_in, specs_out, max_new_tokens: int = MAX_NEW
     (model, tokenizer) pair instead of `model_path`."""
     from demo.world import check
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and does not stall on a shared machine
     model, tokenizer = model or load(model_path)
     specs = list(specs_in) + list(specs_out)
     responses = generate(model, tokenizer, [s.text for s in specs], max_new_tokens)

@@ -39,7 +39,7 @@ class PretrainConfig:
     lr: float = 3e-3
     warmup_steps: int = 30
     weight_decay: float = 0.01
-    threads: int = 2  # the demo machine has 2 cores, shared
+    threads: int = 1  # tiny matrices: a second thread only adds synchronisation (and stalls on a shared machine)
 
 
 def build_demo_tokenizer():

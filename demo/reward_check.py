@@ -102,7 +102,7 @@ def reward_check(sft_path: str, base_path: str, specs_in, specs_out, seed: int =
     from demo.evaluate import MAX_NEW_TOKENS, load
     from demo.world import ideal_response
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: one thread is as fast, and does not stall on a shared machine
     max_tokens = max_tokens or MAX_NEW_TOKENS
     rng = random.Random(seed + 12345)
     cases = []  # (domain, kind, prompt, correct, wrong)

@@ -1,9 +1,14 @@
-"""The embedded demo's --quick mode: every stage runs through the real stack and writes its outputs."""
+"""The embedded demo's --quick mode: every stage runs through the real stack and writes its outputs;
+and the demo's bookkeeping (gains relative to the oracle, the sweep's SFT data) without models."""
 
 import json
 import os
 import subprocess
 import sys
+
+from demo.run import ORACLE, relative_to_oracle
+from demo.sweep import overlap_demos
+from demo.world import make_world
 
 
 def test_demo_quick_produces_every_output(tmp_path):
@@ -15,14 +20,49 @@ def test_demo_quick_produces_every_output(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["summary"]) == {"base", "SFT", "SFT extended", "SRPPO", "PPO with checker reward"}
+    assert set(results["summary"]) == {"base", "SFT", "SFT extended", "SRPPO", ORACLE}
     for name, evals in results["per_seed"].items():
         assert 0.0 <= evals[0]["accuracy"] <= 1.0, name
-    for name, steps in results["curves"].items():
-        assert [s["step"] for s in steps] == [1, 2], name
-        assert all(s["task_accuracy"] is not None for s in steps), name
-    assert (out / "results.md").read_text().startswith("Held-out accuracy")
+    for name, curve in results["curves"].items():
+        assert [s["step"] for s in curve["steps"]] == [1, 2], name
+        assert all(s["task_accuracy"] is not None for s in curve["steps"]), name
+        # held-out accuracy at step 0 (the SFT model) and at every saved checkpoint
+        assert [p["step"] for p in curve["heldout"]] == [0, 1, 2], name
+        assert curve["heldout"][0]["accuracy"] == results["per_seed"]["SFT"][0]["accuracy"], name
+    assert set(results["relative_to_oracle"]) == {"SFT extended", "SRPPO", ORACLE}
+    assert results["reward_check"]["count_plus_one"]["mean_out"] is not None
+    text = (out / "results.md").read_text()
+    assert text.startswith("Held-out accuracy") and "fraction of oracle" in text and "Reward-ranking check" in text
     assert (out / "training_curves.png").stat().st_size > 10_000
     assert "| SRPPO |" in proc.stdout  # the table is printed on the console
-    for stage in ("pretrain base", "SFT seed 0", "SRPPO seed 0", "PPO with checker reward seed 0"):
+    for stage in ("pretrain base", "SFT seed 0", "reward check seed 0", "SRPPO seed 0", f"{ORACLE} seed 0"):
         assert f"[demo] {stage} done in" in proc.stdout
+
+
+def _eval(i, o):
+    return {"accuracy": (i + o) / 2, "accuracy_in_domain": i, "accuracy_out_of_domain": o}
+
+
+def test_gain_is_reported_as_a_fraction_of_the_oracles_gain():
+    evals = {
+        "SFT": [_eval(0.5, 0.1), _eval(0.6, 0.2)],
+        "SRPPO": [_eval(0.5, 0.2), _eval(0.6, 0.3)],  # +0.1 out of domain on both seeds
+        ORACLE: [_eval(0.7, 0.3), _eval(0.6, 0.4)],  # +0.2 out of domain on both seeds
+    }
+    rel = relative_to_oracle(evals, [0, 1])
+    assert rel["SRPPO"]["out"]["gain_per_seed"] == [0.1, 0.1]
+    assert rel["SRPPO"]["out"]["fraction_of_oracle"] == 0.5
+    assert rel[ORACLE]["out"]["fraction_of_oracle"] == 1.0
+    assert rel["SRPPO"]["in"]["fraction_of_oracle"] == 0.0
+
+
+def test_sweep_overlap_levels_never_use_held_out_prompts():
+    world = make_world(0)
+    held_out = {s.text for s in world.eval_prompts}
+    minimum, medium, diminished = (overlap_demos(world, lvl) for lvl in ("minimum", "medium", "diminished"))
+    assert minimum == world.demos
+    assert len(medium) == len(world.demos) + 8 and len(diminished) == len(medium) + 32
+    ppo = {s.text for s in world.ppo_prompts}
+    assert sum(s.text in ppo for s, _ in medium) == 8  # the overlap with the PPO prompts
+    assert not any(s.text in held_out for s, _ in diminished)
+    assert all(s.in_domain for s, _ in diminished[len(medium):])
