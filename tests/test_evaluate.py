@@ -103,6 +103,18 @@ def test_unknown_task_fails_before_loading_the_model(tiny_models, tmp_path, caps
     assert not (tmp_path / "r.md").exists()
 
 
+def test_ifeval_without_punkt_tab_says_what_it_needs_before_loading(tiny_models, tmp_path, capsys, monkeypatch):
+    """No network here: without NLTK's punkt_tab data, --tasks ifeval stops with the recipe to get it."""
+    _, sft = tiny_models
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path / "no_nltk_data"))
+    import nltk
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "no_nltk_data")])
+    code, err = run_in_process(capsys, "--model", sft, "--output", str(tmp_path / "r.md"), "--tasks", "ifeval")
+    assert code == 2 and "punkt_tab" in err and "NLTK_DATA" in err
+    assert not (tmp_path / "r.md").exists()
+
+
 def test_bad_model_path_and_limit_name_the_flag(tmp_path, capsys):
     code, err = run_in_process(capsys, "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "r.md"))
     assert code == 2 and "--model" in err and "no such directory" in err

@@ -75,6 +75,21 @@ def check_finite_weights(model, path: str) -> None:
             raise ConfigError(f"--model {path}: parameter {name} holds NaN/inf values; its scores would be meaningless")
 
 
+def check_ifeval_offline_data() -> None:
+    """lm-eval's IFEval instructions tokenize sentences with NLTK's `punkt_tab`, which it tries to
+    download when the task is imported; without network (this machine, many cluster compute nodes)
+    that fails or hangs, and two of its checkers then raise. Say what is needed before any model loads."""
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+    except LookupError:
+        raise ConfigError(
+            "--tasks ifeval needs NLTK's punkt_tab data, and there may be no network here to fetch it: on a machine "
+            "with network run `python -m nltk.downloader -d DIR punkt_tab`, copy DIR here and set NLTK_DATA=DIR"
+        ) from None
+
+
 def run(args) -> dict:
     import torch
 
@@ -86,6 +101,8 @@ def run(args) -> dict:
     json_path = os.path.splitext(args.output)[0] + ".json"
     check_report_outputs(args.output, json_path)
     check_causal_lm(args.model, "--model", args.trust_remote_code)
+    if any(s.name.startswith("ifeval") for s in specs):
+        check_ifeval_offline_data()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     batch_size = args.batch_size or ("auto" if device.startswith("cuda") else 1)
 
