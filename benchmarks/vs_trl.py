@@ -26,8 +26,8 @@ once per process) and of the sum of RSS.
 
 Known structural differences (reported, not hidden): OpenRLHF runs each role in its own Ray
 process with DeepSpeed (actor, coherent actor, rollout engine) and computes the rollout's
-log-probs under the policy in a separate forward; the CPU rollout engine generates one request
-at a time, TRL's `generate` batches the whole rollout.
+log-probs under the policy in a separate forward (TRL, with one iteration per rollout, reuses the
+training forward's); the CPU rollout engine batches the rollout's requests like TRL's `generate`.
 """
 
 from __future__ import annotations
@@ -86,6 +86,12 @@ def ours_argv(cfg: Dict, models: Dict[str, str], prompts: str, out_dir: str) -> 
     ]  # fmt: skip
 
 
+# generation: the CPU rollout engine; make_experience: the policy's log-probs and the coherent
+# actor's forwards (both terms here: no reference model to reuse), Ray transfers; ppo_train: the
+# policy's forward, backward and optimizer step; broadcast: the weights to the rollout engine.
+PHASES = ("generation", "make_experience", "ppo_train", "broadcast")
+
+
 def run_ours(cfg, models, prompts, out_dir) -> Dict:
     os.makedirs(out_dir, exist_ok=True)
     cmd = [sys.executable, "-m", "openrlhf_coherent.cli.train_ppo_ray", *ours_argv(cfg, models, prompts, out_dir)]
@@ -98,6 +104,10 @@ def run_ours(cfg, models, prompts, out_dir) -> Dict:
         "memory": memory,
         "step_seconds": [s["timing/step_total"] for s in steps],
         "generation_seconds": [s["timing/generation"] for s in steps],
+        # OpenRLHF's own per-phase timers: where a step's time goes (step_total is their sum).
+        "phase_seconds": {
+            phase: [s.get(f"timing/{phase}", 0.0) for s in steps] for phase in PHASES
+        },
         "response_length": [s.get("response_length") for s in steps],
     }
 
@@ -210,6 +220,9 @@ def summarize(run: Dict, samples_per_step: int, warmup: int) -> Dict:
     if "generation_seconds" in run:  # ours: OpenRLHF times generation separately (the CPU engine's share)
         rest = [t - g for t, g in zip(run["step_seconds"], run["generation_seconds"])][warmup:]
         out["seconds_per_100_samples_excluding_generation"] = spread([s / samples_per_step * 100 for s in rest])
+        out["phase_seconds_per_100_samples"] = {
+            phase: spread([s / samples_per_step * 100 for s in values[warmup:]]) for phase, values in run["phase_seconds"].items()
+        }
     return out
 
 
@@ -272,6 +285,8 @@ def main(argv=None) -> None:
         "summary": summary,
         "runs": runs,
     }
+    ratio = summary["openrlhf_coherent"]["seconds_per_100_samples"]["median"] / summary["trl"]["seconds_per_100_samples"]["median"]
+    record["ratio_ours_to_trl"] = round(ratio, 3)  # medians, seconds per sample; the target is <= 1.5
     path = write_result("vs_trl_quick" if args.quick else "vs_trl", record, args.out)
 
     print()
@@ -289,8 +304,10 @@ def main(argv=None) -> None:
     ]  # fmt: skip
     print(table(["run", "s / 100 samples", "peak PSS GiB", "peak RSS sum GiB", "processes", "wall s (incl. start-up)"], rows))
     print("s / 100 samples: median [min, max] over measured steps; memory: whole process tree, sampled every 1 s.")
-    ours = summary["openrlhf_coherent"]["seconds_per_100_samples_excluding_generation"]
-    print(f"ours without generation (the CPU rollout engine generates one request at a time): {fmt_spread(ours, 1)} s / 100 samples")
+    print(f"ratio ours / TRL (median seconds per sample): {record['ratio_ours_to_trl']:.2f}")
+    phases = summary["openrlhf_coherent"]["phase_seconds_per_100_samples"]
+    print("ours by phase (OpenRLHF's timing/*), s / 100 samples: "
+          + "; ".join(f"{phase} {fmt_spread(phases[phase], 2)}" for phase in PHASES))
     print(f"wrote {path}")
 
 

@@ -35,7 +35,12 @@ def offline_row(row: dict, keys: Sequence[str], chat: bool, margin=None) -> dict
     (as the evaluator reads them); one file then also holds the bootstrapped pairs' messages."""
     prompt, chosen, rejected = (row[k] for k in keys)
     if chat:
-        prompt, chosen, rejected = _messages(prompt, "user"), _messages(chosen, "assistant"), _messages(rejected, "assistant")
+        line = row["line"]
+        prompt, chosen, rejected = (
+            _messages(prompt, "user", line, repr(keys[0])),
+            _messages(chosen, "assistant", line, repr(keys[1])),
+            _messages(rejected, "assistant", line, repr(keys[2])),
+        )
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "source": "offline", "line": row["line"],
             "sera_margin": margin}  # fmt: skip
 
