@@ -342,8 +342,9 @@ PANELS = [
 ]
 
 
-def plot_curves(curves, path) -> None:
-    """A 3x3 grid with a shared step axis: per method, the mean over seeds with a min-max band."""
+def plot_curves(curves, path, panels=PANELS, title="Mean over seeds, band = min-max over seeds") -> None:
+    """A 3x3 grid with a shared step axis: per method, the mean over seeds with a min-max band
+    (one seed: its line). `panels`: (curve source, metric key, panel title); demo_real has its own."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -351,7 +352,7 @@ def plot_curves(curves, path) -> None:
 
     methods = list(dict.fromkeys(c["method"] for c in curves.values()))
     fig, axes = plt.subplots(3, 3, figsize=(13, 9.5), sharex=True)
-    for ax, (source, key, title) in zip(axes.flat, PANELS):
+    for ax, (source, key, panel_title) in zip(axes.flat, panels):
         for i, method in enumerate(methods):
             runs = [c for c in curves.values() if c["method"] == method]
             by_step: Dict[int, List[float]] = {}
@@ -368,7 +369,7 @@ def plot_curves(curves, path) -> None:
             ax.plot(xs, mean, marker="." if source == "heldout" else None, color=color, label=label)
             if len(runs) > 1:
                 ax.fill_between(xs, [min(by_step[x]) for x in xs], [max(by_step[x]) for x in xs], color=color, alpha=0.15)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(panel_title, fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("PPO step")
@@ -378,7 +379,7 @@ def plot_curves(curves, path) -> None:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.suptitle("Mean over seeds, band = min-max over seeds (held-out points: step 0 = the SFT model)", fontsize=10)
+    fig.suptitle(f"{title} (held-out points: step 0 = the SFT model)", fontsize=10)
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -40,6 +40,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional
 
+from demo import run as main_demo
 from demo_real.evaluate import evaluate
 from demo_real.sft import run_sft
 from demo_real.world import GROUPS, Instruction, World, make_world, write_prompts_jsonl
@@ -405,34 +406,8 @@ PANELS = [
 
 
 def plot_curves(curves, path) -> None:
-    """3x3 grid, shared step axis, one line per method (one seed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(3, 3, figsize=(13, 9.5), sharex=True)
-    for ax, (source, key, title) in zip(axes.flat, PANELS):
-        for i, c in enumerate(curves.values()):
-            pts = [(p["step"], p[key]) for p in c[source] if p.get(key) is not None]
-            if pts:
-                xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker="." if source == "heldout" else None, color=f"C{i}", label=c["method"])
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-    for ax in axes[-1]:
-        ax.set_xlabel("PPO step")
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.suptitle("SmolLM2-135M-Instruct, one seed (held-out points: step 0 = the SFT model)", fontsize=10)
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    """The main demo's 3x3 grid (shared step axis, legend outside) with this demo's panels."""
+    main_demo.plot_curves(curves, path, PANELS, "SmolLM2-135M-Instruct, one seed")
 
 
 if __name__ == "__main__":
