@@ -102,15 +102,18 @@ class Timer:
         return result
 
 
-def rollout_accuracy(rollout_log: str) -> List[float]:
+def _grade(label: dict, response: str, finished: bool) -> bool:
+    return check(PromptSpec.from_dict(label), response, finished=finished)[0]
+
+
+def rollout_accuracy(rollout_log: str, grade=_grade) -> List[float]:
     """Checker accuracy of each step's sampled rollouts (PPO prompts, temperature 1), from the
-    coherent reward's rollout log."""
+    coherent reward's rollout log. `grade(label, response, finished)`: the task's checker."""
     by_step: Dict[int, List[bool]] = {}
     with open(rollout_log) as f:
         for line in f:
             row = json.loads(line)
-            spec = PromptSpec.from_dict(json.loads(row["label"]))
-            ok, _ = check(spec, row["response"].strip(), finished=not row["truncated"])
+            ok = grade(json.loads(row["label"]), row["response"].strip(), not row["truncated"])
             by_step.setdefault(row["step"], []).append(ok)
     return [sum(v) / len(v) for _, v in sorted(by_step.items())]
 

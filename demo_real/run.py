@@ -211,16 +211,10 @@ def convert(out: str) -> str:
 
 
 def rollout_accuracy(rollout_log: str) -> List[float]:
-    """Checker accuracy of each step's sampled rollouts (PPO prompts, temperature 1), from the
-    coherent reward's rollout log."""
-    by_step: Dict[int, List[bool]] = {}
-    with open(rollout_log) as f:
-        for line in f:
-            row = json.loads(line)
-            spec = Instruction.from_dict(json.loads(row["label"]))
-            ok, _ = spec.check(row["response"].strip(), finished=not row["truncated"])
-            by_step.setdefault(row["step"], []).append(ok)
-    return [sum(v) / len(v) for _, v in sorted(by_step.items())]
+    """Checker accuracy of each step's sampled rollouts, graded by the IFEval checkers."""
+    return main_demo.rollout_accuracy(
+        rollout_log, grade=lambda label, response, finished: Instruction.from_dict(label).check(response, finished=finished)[0]
+    )
 
 
 def heldout_curve(run_dir: str, final_model: str, start: dict, world: World, final_step: int, s) -> List[dict]:
