@@ -265,15 +265,20 @@ def main(argv=None) -> dict:
         "stage_seconds": timer.stages,
         "total_seconds": round(time.time() - timer.start, 1),
     }
-    table = format_table(results)
-    print(table)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    plot_curves(curves, os.path.join(args.out, "training_curves.png"))
-    print(f"[demo] wrote {args.out}/results.md, results.json, training_curves.png in {results['total_seconds']:.0f} s")
+    write_outputs(args.out, results, format_table(results), lambda path: plot_curves(curves, path), "demo")
     return results
+
+
+def write_outputs(out: str, results: dict, table: str, plot, tag: str) -> None:
+    """The table (console and results.md), results.json (strict JSON: a NaN stops here, not in a
+    reader) and the plot: what `demo.run` and `demo_real.run` both leave in `out`."""
+    print(table)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, allow_nan=False)
+    plot(os.path.join(out, "training_curves.png"))
+    print(f"[{tag}] wrote {out}/results.md, results.json, training_curves.png in {results['total_seconds']:.0f} s")
 
 
 def _fmt(x, spec="+.3f"):

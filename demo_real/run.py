@@ -304,14 +304,7 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(),
         "total_seconds": round(time.time() - timer.start, 1),
     }
-    table = format_table(results)
-    print(table)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    plot_curves(curves, os.path.join(args.out, "training_curves.png"))
-    print(f"[demo-real] wrote {args.out}/results.md, results.json, training_curves.png in {results['total_seconds']:.0f} s")
+    main_demo.write_outputs(args.out, results, format_table(results), lambda path: plot_curves(curves, path), "demo-real")
     return results
 
 
