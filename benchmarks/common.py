@@ -76,7 +76,7 @@ def write_result(name: str, record: Dict, out: Optional[str] = None) -> str:
     path = out or os.path.join(RESULTS_DIR, f"{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=False)
+        json.dump(record, f, indent=2, sort_keys=False, allow_nan=False)
         f.write("\n")
     return path
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import openrlhf
+import pytest
 
 from openrlhf_coherent.launch import with_cpu_site
 from srppo_helpers import check_rewards_match_independent_computation, metric, step_logs, tiny_srppo_argv
@@ -16,8 +17,11 @@ PATCH = os.path.join(REPO, "patches", "openrlhf-0.11.2-reward-plugins.patch")
 
 
 def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path):
-    """Also the end-to-end check of SRPPO without a reference model (reinforce, KL 0): the
-    coherent actor then computes log p_SFT itself."""
+    """Also the suite's end-to-end check of two variants: SRPPO without a reference model
+    (reinforce, KL 0: the coherent actor then computes log p_SFT itself), and the token-wise
+    reward with the floor guard on (never triggered at 100 nats): OpenRLHF's rollout/reward_mean
+    and the rollout log carry each sample's total reward, which equals the independently computed
+    sum of log-ratios, not the scalar part (0 for this variant)."""
     base, sft = tiny_models
     site = tmp_path / "site"
     shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
@@ -28,7 +32,8 @@ def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path
     out = tmp_path / "run"
     out.mkdir()
     argv = tiny_srppo_argv(sft, base, prompt_file, str(out), "--algo.advantage.estimator", "reinforce",
-                           "--algo.kl.init_coef", "0")  # fmt: skip
+                           "--algo.kl.init_coef", "0", "--coherent.reward_type", "token",
+                           "--coherent.sft_logp_floor", "100")  # fmt: skip
     # CPU only: the dev mode must be active before the stock CLI imports vLLM (see patches/README.md).
     env = dict(os.environ, PYTHONPATH=with_cpu_site(str(site)), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
@@ -42,7 +47,12 @@ def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path
     assert "coherent/reward_mean" in steps[-1][1]
     assert metric(steps[0][1], "coherent/sft_logprobs_reused") == 0.0
     assert metric(steps[0][1], "coherent/sft_forwards") > 0
-    check_rewards_match_independent_computation(str(out), sft, base, 2)
+    assert "this job runs on cpu (CUDA not available here (Ray starts on this machine))" in log
+    rows = check_rewards_match_independent_computation(str(out), sft, base, 2)
+    for step, status in steps:
+        rewards = [r["reward"] for r in rows if r["step"] == step]
+        assert metric(status, "rollout/reward_mean") == pytest.approx(sum(rewards) / len(rewards), rel=1e-4, abs=1e-4)
+        assert any(abs(r) > 1e-3 for r in rewards)
 
 
 def test_patch_is_inert_without_a_plugin_name(tmp_path):
