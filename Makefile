@@ -17,6 +17,7 @@ bench: bench-venv
 	$(PY) -m benchmarks.reward_overhead --repeats 2 --steps 4
 	$(PY) -m benchmarks.scoring_throughput
 	$(PY) -m benchmarks.vs_trl
+	$(PY) -m benchmarks.engine_throughput
 	$(PY) -m benchmarks.memory_8b
 
 test: venv
