@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -93,8 +94,6 @@ def main(argv=None) -> Dict:
         models = make_bench_models(root, args.hidden, args.layers, 4 * args.hidden, max(1, args.hidden // 64))
         prompts_path = write_prompts(os.path.join(root, "prompts.jsonl"), args.prompts, args.prompt_words)
         tokenizer = AutoTokenizer.from_pretrained(models["sft"])
-        import json
-
         prompts = [tokenizer(json.loads(line)["input"])["input_ids"] for line in open(prompts_path)]
         engine = CpuRolloutEngine(models["sft"], seed=0)
         model = AutoModelForCausalLM.from_pretrained(models["sft"], dtype=torch.float32).eval()

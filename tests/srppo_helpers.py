@@ -108,3 +108,19 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
+
+
+def remove_ray_cluster(temp_dir):
+    """Stop a test's own `ray start` cluster and delete its temp dir. Not `ray stop`: that stops
+    every Ray on the machine (another test's, a user's), whatever its temp dir. Each process of the
+    cluster names the temp dir on its command line."""
+    import shutil
+    import time
+
+    for signal_name in ("-TERM", "-KILL"):
+        pids = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", signal_name, pid], capture_output=True)
+        if pids:
+            time.sleep(1)
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import textwrap
 
 import pytest
@@ -24,7 +23,7 @@ from openrlhf_coherent.cli.train_ppo_ray import _parse, _SelectionProbe, main, p
 from openrlhf_coherent.config import ConfigError, check_same_tokenizer
 from openrlhf_coherent.plugin import CoherentRewardPlugin
 from openrlhf_coherent.reward import coherent_reward
-from srppo_helpers import free_ports
+from srppo_helpers import free_ports, remove_ray_cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,13 +78,7 @@ def gpu_cluster():
     try:
         yield f"127.0.0.1:{port}", temp_dir
     finally:
-        # Not `ray stop`: it stops every Ray on the machine (another test's, a user's), whatever its
-        # temp dir. Each process of this cluster names the temp dir on its command line.
-        for signal_name in ("-TERM", "-KILL"):
-            for pid in subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split():
-                subprocess.run(["kill", signal_name, pid], capture_output=True)
-            time.sleep(1)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        remove_ray_cluster(temp_dir)
 
 
 DRIVER = """

@@ -11,14 +11,13 @@ expensive tests of the project, so there are two, each covering two scripts:
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
 
 import pytest
 
-from srppo_helpers import free_ports
+from srppo_helpers import free_ports, remove_ray_cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "examples", "scripts")
@@ -183,6 +182,4 @@ def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
         left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
         assert not left, f"Ray processes left running: {left}"
     finally:
-        for pid in subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split():
-            subprocess.run(["kill", "-9", pid], capture_output=True)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+        remove_ray_cluster(ray_tmp)
