@@ -14,6 +14,8 @@ GPU or not, because OpenRLHF imports these at module import time):
     `models.utils.log_probs_from_logits` takes its ImportError fallback.
 
 Runtime shims (`settle("cpu", ...)`, only in the CPU mode; each names what it patches):
+  - `transformers.utils.is_sklearn_available` / `is_scipy_available`: False, so transformers skips
+    ~3 s of imports for features no dev-mode run uses (assisted decoding, detection losses).
   - `torch.cuda.set_device/current_device/synchronize/empty_cache`: OpenRLHF calls them
     unconditionally; `current_device()` returns the CPU device so `.to(current_device())` works.
   - `NaiveReplayBuffer.__init__`: its `target_device` is built as `f"cuda:{current_device()}"`.
@@ -133,6 +135,7 @@ def settle(device: str, reason: str) -> None:
         "HF-generate rollout engine, object-store weight sync)",
         reason,
     )
+    _skip_unused_optional_imports_in_transformers()
     _patch_torch_cuda()
     _patch_replay_buffer_device()
     _patch_deepspeed_cpu_builds()
@@ -425,6 +428,21 @@ def _flash_attn_stand_in() -> dict:
 # ---------------------------------------------------------------------------------------------
 # Runtime shims (CPU only)
 # ---------------------------------------------------------------------------------------------
+
+
+def _skip_unused_optional_imports_in_transformers() -> None:
+    """transformers imports scikit-learn (with pandas) and scipy whenever they are installed, for
+    features no PPO or scoring run uses: an assisted-decoding option (`assistant_confidence_threshold`)
+    and the Hungarian matching of object-detection losses. Together about 3 of the ~13 CPU-seconds
+    every OpenRLHF process spends importing on a 2-core machine, and a tiny CPU run starts 7-8 such
+    processes. It must run before `transformers.modeling_utils` / `transformers.generation` are
+    imported; it changes only what transformers itself imports: lm-eval still imports scikit-learn."""
+    if "transformers.modeling_utils" in sys.modules:
+        return
+    import transformers.utils
+
+    transformers.utils.is_sklearn_available = lambda: False
+    transformers.utils.is_scipy_available = lambda: False
 
 
 def _patch_torch_cuda() -> None:
