@@ -1,5 +1,7 @@
 """The coherent reward actor in a real Ray actor group (two ranks, gloo) against plain transformers."""
 
+import os
+
 import pytest
 import ray
 import torch
@@ -93,6 +95,11 @@ def test_actor_group_matches_plain_transformers_in_fp32(tiny_models, ray_cluster
             ratio = (out["sft"][i][mask] - out["base"][i][mask]).sum()
             expected_ratio = plain_log_probs(sft, p, r).sum() - plain_log_probs(base, p, r).sum()
             assert ratio.item() == pytest.approx(expected_ratio.item(), abs=1e-5)
+
+    # A worker of the dev mode's Ray job: one OpenMP thread (Ray's default for a one-CPU worker;
+    # the set-up hook imports torch before Ray would set it, so the dev mode sets it itself).
+    if devmode.cpu_mode() and "OMP_NUM_THREADS" not in os.environ:
+        assert ray.get(ray.remote(lambda: torch.get_num_threads()).remote()) == 1
 
 
 def test_head_on_responses_only_equals_openrlhf_actor_forward(tiny_models):

@@ -135,8 +135,9 @@ def test_ray_init_settings(monkeypatch):
     assert runtime_env["env_vars"][devmode.DEVICE_ENV] == device
     if device == "cpu":
         assert kwargs["num_gpus"] == 4 and kwargs["num_cpus"] >= 6 and "CUDA not available" in reason
+        assert runtime_env["env_vars"]["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "1")
     else:
-        assert "num_gpus" not in kwargs
+        assert "num_gpus" not in kwargs and "OMP_NUM_THREADS" not in runtime_env["env_vars"]
     # The explicit switch wins over this machine.
     monkeypatch.setenv(devmode.DEVICE_ENV, "cuda")
     forced_device, forced_reason, forced = devmode.ray_init_settings(num_gpus=4)
