@@ -93,6 +93,7 @@ class RealDemoSettings:
             estimator="reinforce_baseline",
             max_samples=self.rollout_prompts * self.ppo_steps,
             extra=["--ckpt.save_steps", str(self.eval_every), "--ckpt.save_hf", "--ckpt.disable_ds", *extra],
+            worker_threads=self.threads,
         )
 
     def sft_config(self, epochs: int, seed: int):
@@ -190,7 +191,8 @@ def pick_threads(arg: str) -> int:
     average at least the core count): two OpenMP threads that cannot both get a core wait for each
     other at every parallel region: on a shared 2-core machine at load ~12, greedy generation of 12 tokens
     for 9 prompts took 25 s (3.8 CPU s) with one thread and did not finish in 200 s with two. The
-    PPO stage's Ray actors keep Ray's own default (OMP_NUM_THREADS = their 1 CPU slot)."""
+    PPO stage's Ray workers get the same count (`PPOConfig.worker_threads`): a 135M model's matmuls
+    are large enough for two threads, and the README's demo-real run was measured that way."""
     cores = os.cpu_count() or 1
     if arg != "auto":
         return max(1, int(arg))

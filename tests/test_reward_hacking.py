@@ -8,7 +8,7 @@ from demo.ppo import PPOConfig, coherent_reward_flags, run_ppo
 from demo.run import RECOMMENDED_GUARD
 from srppo_helpers import check_rewards_match_independent_computation
 
-STEPS = 8
+STEPS = 12  # `python -m demo.hacking`'s budget: the hack shows from about step 5
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,10 @@ def test_unguarded_coherent_reward_is_hacked_and_the_alarm_fires(hack_world, tmp
     _, base, sft, _ = hack_world
     check_rewards_match_independent_computation(str(tmp_path), sft, base, STEPS, only_steps={1, STEPS})
     assert last["coherent/reward_mean"] > first["coherent/reward_mean"] + 5
-    # How far the length climbs in 8 steps varies run to run (the rollout batches' floating-point
-    # sums depend on which requests share a batch; README, "Repeatability"): +4.3 to +11.7 tokens
-    # seen, so the check asks +3, still beyond the guarded run's ceiling below.
+    # How far the length climbs varies run to run (the rollout batches' floating-point sums depend
+    # on which requests share a batch; README, "Repeatability"): after 8 steps +4.3 to +11.7 tokens
+    # and an EOS rate of 0.72 to 0.89 were seen, hence 12 steps; the check asks +3, still beyond
+    # the guarded run's ceiling below.
     assert last["coherent/response_length_mean"] > first["coherent/response_length_mean"] + 3
     assert first["coherent/eos_rate"] > 0.9 and last["coherent/eos_rate"] < first["coherent/eos_rate"] - 0.25
     assert last["coherent/sft_logp_per_token"] < first["coherent/sft_logp_per_token"] - 0.3
