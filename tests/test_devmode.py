@@ -136,6 +136,8 @@ def test_ray_init_settings(monkeypatch):
     if device == "cpu":
         assert kwargs["num_gpus"] == 4 and kwargs["num_cpus"] >= 6 and "CUDA not available" in reason
         assert runtime_env["env_vars"]["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "1")
+        policy_update = "fixed" if "OMP_NUM_THREADS" in os.environ else "all_cores"
+        assert runtime_env["env_vars"][devmode.POLICY_UPDATE_THREADS_ENV] == policy_update
     else:
         assert "num_gpus" not in kwargs and "OMP_NUM_THREADS" not in runtime_env["env_vars"]
     # The explicit switch wins over this machine.
