@@ -2,7 +2,7 @@
 coherent-reward callable: seconds per 100 samples after warm-up, and peak memory.
 
     make bench-venv                        # TRL is installed only by the benchmark extra
-    python -m benchmarks.vs_trl            # default: about 4 min on 2 CPU cores
+    python -m benchmarks.vs_trl            # default: about 3 min on 2 CPU cores
     python -m benchmarks.vs_trl --quick    # smoke run
 
 Matched on both sides: the same random Llama models (the SFT model is the policy, the base model
@@ -15,8 +15,9 @@ then runs both models, there being no reference forward to reuse), TRL's from a 
 runs both models through `openrlhf_coherent.scoring` in the trainer's process.
 
 Time: ours from OpenRLHF's per-step `timing/step_total`; TRL's from a callback's timestamps at
-each optimizer step's end (each step = generate + reward + loss + update). The first `--warmup`
-steps are dropped. Start-up (process, Ray, model loading) is reported separately as wall time.
+each optimizer step's end (each step = generate + reward + loss + update). The sides run in
+alternating rounds (`--rounds`, ours then TRL's, again), each round a fresh process, and every
+round's first `--warmup` steps are dropped; the ratio compares the medians of the pooled steps. Start-up (process, Ray, model loading) is reported separately as wall time.
 
 Memory: each side runs in its own subprocess; a thread samples every second the process and all
 its descendants (for ours: Ray's GCS, raylet and every worker, which the driver's local
@@ -207,21 +208,30 @@ def run_measured(cmd: List[str], log_path: str, timeout: int):
     return log, round(time.time() - start, 1), memory.result()
 
 
-def summarize(run: Dict, samples_per_step: int, warmup: int) -> Dict:
-    measured = run["step_seconds"][warmup:]
+def summarize(rounds: List[Dict], samples_per_step: int, warmup: int) -> Dict:
+    """One side's measured steps pooled over its rounds (each round's first `warmup` steps dropped)."""
+
+    def per_100(values):
+        return spread([v / samples_per_step * 100 for v in values])
+
+    def measured(key):
+        return [v for run in rounds for v in run[key][warmup:]]
+
+    steps = measured("step_seconds")
     out = {
-        "seconds_per_100_samples": spread([s / samples_per_step * 100 for s in measured]),
-        "step_seconds": spread(measured),
-        "peak_pss_gib": run["memory"]["peak_pss_gib"],
-        "peak_rss_sum_gib": run["memory"]["peak_rss_sum_gib"],
-        "processes": run["memory"]["peak_processes"],
-        "wall_s": run["wall_s"],
+        "seconds_per_100_samples": per_100(steps),
+        "step_seconds": spread(steps),
+        "peak_pss_gib": max(run["memory"]["peak_pss_gib"] for run in rounds),
+        "peak_rss_sum_gib": max(run["memory"]["peak_rss_sum_gib"] for run in rounds),
+        "processes": max(run["memory"]["peak_processes"] for run in rounds),
+        "wall_s": [run["wall_s"] for run in rounds],
     }
-    if "generation_seconds" in run:  # ours: OpenRLHF times generation separately (the CPU engine's share)
-        rest = [t - g for t, g in zip(run["step_seconds"], run["generation_seconds"])][warmup:]
-        out["seconds_per_100_samples_excluding_generation"] = spread([s / samples_per_step * 100 for s in rest])
+    if "generation_seconds" in rounds[0]:  # ours: OpenRLHF times generation separately (the CPU engine's share)
+        out["seconds_per_100_samples_excluding_generation"] = per_100(
+            [t - g for t, g in zip(steps, measured("generation_seconds"))]
+        )
         out["phase_seconds_per_100_samples"] = {
-            phase: spread([s / samples_per_step * 100 for s in values[warmup:]]) for phase, values in run["phase_seconds"].items()
+            phase: per_100([v for run in rounds for v in run["phase_seconds"][phase][warmup:]]) for phase in PHASES
         }
     return out
 
@@ -232,8 +242,9 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="smoke run: smaller model, 2 steps")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=1, help="steps dropped at the start of every round")
+    p.add_argument("--rounds", type=int, default=2, help="runs per side, the sides alternating")
     p.add_argument("--prompts_per_step", type=int, default=8)
     p.add_argument("--group", type=int, default=4, help="samples per prompt")
     p.add_argument("--prompt_words", type=int, default=32)
@@ -249,7 +260,7 @@ def main(argv=None) -> None:
     if not trl_available():
         sys.exit("vs_trl needs TRL: `make bench-venv` (pip install -r requirements/bench.txt)")
     if args.quick:
-        args.hidden, args.layers, args.steps, args.prompts_per_step, args.group = 128, 2, 2, 4, 2
+        args.hidden, args.layers, args.steps, args.prompts_per_step, args.group, args.rounds = 128, 2, 2, 4, 2, 1
         args.prompt_words, args.max_new_tokens = 16, 8
     if args.steps <= args.warmup:
         p.error("--steps must exceed --warmup")
@@ -265,12 +276,15 @@ def main(argv=None) -> None:
     cfg = {k: v for k, v in vars(args).items() if k not in ("out", "workdir", "trl_worker", "quick")}
     samples_per_step = args.prompts_per_step * args.group
 
-    runs = {}
-    for name, runner in (("openrlhf_coherent", run_ours), ("trl", run_trl)):
-        print(f"running {name} ...", flush=True)
-        runs[name] = runner(cfg, models, prompts, os.path.join(workdir, name))
-        print(f"    {runs[name]['wall_s']} s", flush=True)
-    summary = {name: summarize(run, samples_per_step, args.warmup) for name, run in runs.items()}
+    # The sides alternate, round after round: this machine's speed drifts by about 20% within
+    # minutes, and a ratio of two runs made minutes apart measured that drift as much as the code.
+    runs: Dict[str, List[Dict]] = {"openrlhf_coherent": [], "trl": []}
+    for round_index in range(args.rounds):
+        for name, runner in (("openrlhf_coherent", run_ours), ("trl", run_trl)):
+            print(f"round {round_index + 1}/{args.rounds}: running {name} ...", flush=True)
+            runs[name].append(runner(cfg, models, prompts, os.path.join(workdir, f"{name}_round{round_index}")))
+            print(f"    {runs[name][-1]['wall_s']} s", flush=True)
+    summary = {name: summarize(rounds, samples_per_step, args.warmup) for name, rounds in runs.items()}
 
     record = {
         "benchmark": "vs_trl",
@@ -293,17 +307,18 @@ def main(argv=None) -> None:
     print(f"OpenRLHF SRPPO vs TRL GRPO: {machine_line(record['machine'])}; load avg {load_start} -> {record['loadavg_end']}")
     print(
         f"Llama {args.hidden}x{args.layers} ({record['model_params']['total'] / 1e6:.2f}M params); {args.prompts_per_step} prompts "
-        f"x {args.group} samples per step, {args.steps} steps ({args.steps - args.warmup} measured), "
+        f"x {args.group} samples per step, {args.rounds} alternating rounds of {args.steps} steps "
+        f"({args.rounds * (args.steps - args.warmup)} measured per side), "
         f"{args.prompt_words}-token prompts, <= {args.max_new_tokens} new tokens; TRL {trl.__version__}"
     )
     labels = {"openrlhf_coherent": "OpenRLHF + coherent actor (group_norm)", "trl": "TRL GRPOTrainer + coherent callable"}
     rows = [
         [labels[name], fmt_spread(s["seconds_per_100_samples"], 1), f"{s['peak_pss_gib']:.2f}", f"{s['peak_rss_sum_gib']:.2f}",
-         s["processes"], s["wall_s"]]
+         s["processes"], ", ".join(str(w) for w in s["wall_s"])]
         for name, s in summary.items()
     ]  # fmt: skip
-    print(table(["run", "s / 100 samples", "peak PSS GiB", "peak RSS sum GiB", "processes", "wall s (incl. start-up)"], rows))
-    print("s / 100 samples: median [min, max] over measured steps; memory: whole process tree, sampled every 1 s.")
+    print(table(["run", "s / 100 samples", "peak PSS GiB", "peak RSS sum GiB", "processes", "wall s per round (incl. start-up)"], rows))
+    print("s / 100 samples: median [min, max] over the measured steps of every round; memory: whole process tree, sampled every 1 s.")
     print(f"ratio ours / TRL (median seconds per sample): {record['ratio_ours_to_trl']:.2f}")
     phases = summary["openrlhf_coherent"]["phase_seconds_per_100_samples"]
     print("ours by phase (OpenRLHF's timing/*), s / 100 samples: "
