@@ -20,6 +20,32 @@ SFT_TEXTS = [
 ]
 
 
+# `make test` runs two pytest-xdist workers that take whole files (`--dist loadfile`: a module's
+# expensive fixture is built once, not once per worker). The longest files go first, so that
+# neither worker ends the run alone on one of them. Order measured on the 2-core CI machine (the
+# seconds each file took under `-n 2`, rounded); files not listed follow in their usual order.
+LONGEST_FILES_FIRST = (
+    "test_reward_hacking.py",  # 310 s: two 12-step demo-size PPO runs
+    "test_job_scripts.py",  # 230 s: the Slurm script's Ray cluster and job
+    "test_evaluator.py",  # 190 s
+    "test_demo.py",  # 180 s: `demo.run --quick`
+    "test_e2e_srppo.py",  # 160 s: the killed and resumed GAE run
+    "test_notebooks.py",  # 150 s
+    "test_sera.py",  # 100 s
+    "test_cluster_correctness.py",
+    "test_devmode.py",
+    "test_patch.py",
+    "test_real_model.py",
+    "test_actor.py",
+    "test_baselines.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models and tensors: intra-op threads only add synchronisation (up to 30x slower on a
