@@ -69,13 +69,25 @@ def prompt_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """(base, sft): a random tiny Llama and a copy fine-tuned a few steps on SFT_TEXTS."""
+def tiny_models(tmp_path_factory, request):
+    """(base, sft): a random tiny Llama and a copy fine-tuned a few steps on SFT_TEXTS. Built once
+    per run: under pytest-xdist the first worker builds them in the run's shared temp dir and the
+    others wait for it (tests only read these folders)."""
+    from filelock import FileLock
+
     from openrlhf_coherent.tiny_models import finetune_copy, make_tiny_llama
 
-    root = tmp_path_factory.mktemp("models")
-    base = make_tiny_llama(str(root / "base"), seed=0)
-    sft = finetune_copy(base, str(root / "sft"), SFT_TEXTS, steps=30)
+    if hasattr(request.config, "workerinput"):
+        # An xdist worker: getbasetemp() is this worker's folder, its parent belongs to this run.
+        root = tmp_path_factory.getbasetemp().parent / "shared_tiny_models"
+    else:
+        root = tmp_path_factory.mktemp("models")
+    base, sft, done = str(root / "base"), str(root / "sft"), root / "BUILT"
+    with FileLock(str(root) + ".lock"):
+        if not done.exists():
+            make_tiny_llama(base, seed=0)
+            finetune_copy(base, sft, SFT_TEXTS, steps=30)
+            done.write_text("")
     return base, sft
 
 
