@@ -241,3 +241,25 @@ def test_stock_openrlhf_ppo_runs_on_cpu(tmp_path, tiny_model):
     log = result.stdout + result.stderr
     assert "Global step 1:" in log and "Global step 2:" in log and "Global step 3:" not in log
     assert (tmp_path / "out" / "model.safetensors").exists()  # the actor was saved at the end
+
+
+def test_policy_update_takes_every_core_only_when_the_driver_asks(monkeypatch):
+    """`make test` sets OMP_NUM_THREADS=1, so its PPO runs never take this branch: checked here."""
+    import torch
+    from openrlhf.trainer.ray.ppo_actor import ActorPPOTrainer
+
+    seen = []
+    # monkeypatch restores the original method at teardown, over the wrapper the patch installs
+    monkeypatch.setattr(ActorPPOTrainer, "ppo_train", lambda self: seen.append(torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv(devmode.POLICY_UPDATE_THREADS_ENV, "fixed")
+        devmode._patch_policy_update_threads()
+        ActorPPOTrainer.ppo_train(None)
+        monkeypatch.setenv(devmode.POLICY_UPDATE_THREADS_ENV, "all_cores")
+        devmode._patch_policy_update_threads()
+        ActorPPOTrainer.ppo_train(None)
+        assert seen == [1, os.cpu_count()] and torch.get_num_threads() == 1  # restored after the update
+    finally:
+        torch.set_num_threads(threads)
