@@ -16,8 +16,9 @@ runs both models through `openrlhf_coherent.scoring` in the trainer's process.
 
 Time: ours from OpenRLHF's per-step `timing/step_total`; TRL's from a callback's timestamps at
 each optimizer step's end (each step = generate + reward + loss + update). The sides run in
-alternating rounds (`--rounds`: ours, TRL, then TRL, ours, ...), each round a fresh process, and every
-round's first `--warmup` steps are dropped; the ratio compares the medians of the pooled steps. Start-up (process, Ray, model loading) is reported separately as wall time.
+alternating rounds (`--rounds`: ours, TRL, then TRL, ours, ...), each round a fresh process, and
+every round's first `--warmup` steps are dropped; the ratio compares the medians of the pooled
+steps. Start-up (process, Ray, model loading) is reported separately as wall time.
 
 Memory: each side runs in its own subprocess; a thread samples every second the process and all
 its descendants (for ours: Ray's GCS, raylet and every worker, which the driver's local
@@ -214,10 +215,10 @@ def summarize(rounds: List[Dict], samples_per_step: int, warmup: int) -> Dict:
     def per_100(values):
         return spread([v / samples_per_step * 100 for v in values])
 
-    def measured(key):
-        return [v for run in rounds for v in run[key][warmup:]]
+    def measured(values_of):
+        return [v for run in rounds for v in values_of(run)[warmup:]]
 
-    steps = measured("step_seconds")
+    steps = measured(lambda run: run["step_seconds"])
     out = {
         "seconds_per_100_samples": per_100(steps),
         "step_seconds": spread(steps),
@@ -228,10 +229,10 @@ def summarize(rounds: List[Dict], samples_per_step: int, warmup: int) -> Dict:
     }
     if "generation_seconds" in rounds[0]:  # ours: OpenRLHF times generation separately (the CPU engine's share)
         out["seconds_per_100_samples_excluding_generation"] = per_100(
-            [t - g for t, g in zip(steps, measured("generation_seconds"))]
+            [t - g for t, g in zip(steps, measured(lambda run: run["generation_seconds"]))]
         )
         out["phase_seconds_per_100_samples"] = {
-            phase: per_100([v for run in rounds for v in run["phase_seconds"][phase][warmup:]]) for phase in PHASES
+            phase: per_100(measured(lambda run: run["phase_seconds"][phase])) for phase in PHASES
         }
     return out
 
@@ -257,8 +258,6 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.trl_worker:
         return trl_worker(args.trl_worker)
-    if not trl_available():
-        sys.exit("vs_trl needs TRL: `make bench-venv` (pip install -r requirements/bench.txt)")
     if args.quick:
         args.hidden, args.layers, args.steps, args.prompts_per_step, args.group, args.rounds = 128, 2, 2, 4, 2, 1
         args.prompt_words, args.max_new_tokens = 16, 8
@@ -266,6 +265,8 @@ def main(argv=None) -> None:
         p.error("--steps must exceed --warmup")
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    if not trl_available():
+        sys.exit("vs_trl needs TRL: `make bench-venv` (pip install -r requirements/bench.txt)")
 
     import trl
 

@@ -64,6 +64,14 @@ def test_reward_overhead_variants_parse(tmp_path, tiny_models):
         assert args.algo.advantage.estimator == "gae" and args.rollout.max_new_tokens == 4
 
 
+@pytest.mark.parametrize("argv, message", [(["--rounds", "0"], "--rounds must be at least 1"),
+                                           (["--steps", "1"], "--steps must exceed --warmup")])  # fmt: skip
+def test_vs_trl_bad_flags_fail_before_anything_runs(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        vs_trl.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not vs_trl.trl_available(), reason="TRL is installed only by the benchmark extra (make bench-venv)")
 def test_vs_trl_ours_side_parses(tmp_path, tiny_models):
     cfg = dict(prompts_per_step=4, group=2, steps=2, prompt_words=8, max_new_tokens=4, seed=0, lr=1e-6)
