@@ -44,17 +44,18 @@ DOMAINS = (("all", "accuracy"), ("in", "accuracy_in_domain"), ("out", "accuracy_
 class DemoSettings:
     """The PPO budget shared by SRPPO and the oracle (and every other PPO run of the demo).
 
-    How the default was chosen (README, "The embedded demo"), before any SRPPO held-out number:
-    the KL coefficient (0.05) and the estimator are the reward-hacking ablation's; the learning
-    rate and the number of steps are the smallest tried that let the *oracle* (exact checker
-    reward) clear +0.15 out of domain over SFT on seed 0 (lr 1e-4 x 16 steps: +0.08; lr 2e-4 x 48
-    steps: +0.16, flat from step 24 on), as the issue asks; 2 SFT epochs and minimum overlap are
-    the paper's main setting. The SRPPO guard is `RECOMMENDED_GUARD`. No setting was tuned on
-    SRPPO's held-out accuracy."""
+    How the default was chosen (README, "The embedded demo"), before any SRPPO held-out number at
+    this budget: the KL coefficient (0.05) and the estimator are the reward-hacking ablation's; the
+    number of steps fits the demo's 10-minute budget (one pass over the 256 PPO prompts; each PPO
+    run is ~35 s of start-up plus ~0.5 s a step on 2 cores), and the learning rate is the smallest
+    tried that lets the *oracle* (exact checker reward) clear +0.15 out of domain over SFT, mean of
+    3 seeds, without an in-domain loss (16 steps: lr 3e-4 +0.135, lr 4e-4 +0.172), as the issue asks;
+    2 SFT epochs and minimum overlap are the paper's main setting. The SRPPO guard is
+    `RECOMMENDED_GUARD`. No setting was tuned on SRPPO's held-out accuracy."""
 
-    ppo_steps: int = 48  # 3 passes over the 256 PPO prompts
-    eval_every: int = 8
-    actor_lr: float = 2e-4
+    ppo_steps: int = 16  # one pass over the 256 PPO prompts
+    eval_every: int = 4
+    actor_lr: float = 4e-4
     kl_coef: float = 0.05
     rollout_prompts: int = 16
     samples_per_prompt: int = 4
