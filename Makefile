@@ -46,4 +46,4 @@ demo-sweep: venv
 	$(PY) -m demo.sweep --demo_out demo_out --out sweep_out
 
 clean:
-	rm -rf demo_out demo_out_quick sweep_out demo_real_out demo_real_out_quick .pytest_cache
+	rm -rf demo_out demo_out_quick sweep_out oracle_budget_out demo_real_out demo_real_out_quick .pytest_cache

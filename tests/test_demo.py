@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from demo.run import ORACLE, relative_to_oracle
 from demo.sweep import overlap_demos
 from demo.world import make_world
@@ -66,3 +68,18 @@ def test_sweep_overlap_levels_never_use_held_out_prompts():
     assert sum(s.text in ppo for s, _ in medium) == 8  # the overlap with the PPO prompts
     assert not any(s.text in held_out for s, _ in diminished)
     assert all(s.in_domain for s, _ in diminished[len(medium):])
+
+
+def test_oracle_budget_refuses_a_demo_out_without_sft_models_and_an_existing_out(tmp_path, capsys):
+    from demo import oracle_budget
+
+    with pytest.raises(SystemExit) as exit_info:
+        oracle_budget.main(["--demo_out", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--steps", "2", "--lrs", "1e-4"])
+    assert exit_info.value.code == 2 and "--demo_out" in capsys.readouterr().err
+    for seed in range(3):
+        (tmp_path / "demo" / f"sft_seed{seed}").mkdir(parents=True)
+        (tmp_path / "demo" / f"sft_seed{seed}" / "config.json").write_text("{}")
+    (tmp_path / "o").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        oracle_budget.main(["--demo_out", str(tmp_path / "demo"), "--out", str(tmp_path / "o"), "--steps", "2", "--lrs", "1e-4"])
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err and not os.listdir(tmp_path / "o")
