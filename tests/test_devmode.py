@@ -9,6 +9,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -260,6 +261,35 @@ def test_policy_update_takes_every_core_only_when_the_driver_asks(monkeypatch):
         monkeypatch.setenv(devmode.POLICY_UPDATE_THREADS_ENV, "all_cores")
         devmode._patch_policy_update_threads()
         ActorPPOTrainer.ppo_train(None)
-        assert seen == [1, os.cpu_count()] and torch.get_num_threads() == 1  # restored after the update
+        assert seen == [1, devmode.usable_cores()] and torch.get_num_threads() == 1  # restored after the update
     finally:
         torch.set_num_threads(threads)
+
+
+def test_usable_cores_follow_affinity_and_the_cgroup_cpu_quota(tmp_path):
+    """A container's CPU quota, not the host's core count, sets the CPU mode's thread counts."""
+    affinity = len(os.sched_getaffinity(0))
+
+    def cores(proc_cgroup: str, files: dict) -> int:
+        for name, text in files.items():
+            (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "fs" / name).write_text(text)
+        (tmp_path / "cgroup").write_text(proc_cgroup)
+        try:
+            return devmode.usable_cores(str(tmp_path / "fs"), str(tmp_path / "cgroup"))
+        finally:
+            shutil.rmtree(tmp_path / "fs", ignore_errors=True)
+
+    # no cgroup files, no quota ("max"), a missing /proc file: the affinity alone
+    assert cores("0::/\n", {}) == affinity
+    assert cores("0::/\n", {"cpu.max": "max 100000\n"}) == affinity
+    assert devmode.usable_cores(str(tmp_path / "fs"), str(tmp_path / "missing")) == affinity
+    # cgroup v2: 1.5 CPUs -> 1 thread; the smallest quota on the path wins (a parent's 0.5 -> 1, never 0)
+    assert cores("0::/\n", {"cpu.max": "150000 100000\n"}) == 1
+    assert cores("0::/kubepods/pod1\n", {"kubepods/pod1/cpu.max": "max 100000", "kubepods/cpu.max": "50000 100000"}) == 1
+    # cgroup v1, cpu and cpuacct mounted together; -1 is "no quota"
+    v1 = "4:memory:/x\n3:cpu,cpuacct:/docker/abc\n"
+    assert cores(v1, {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "-1", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"}) == affinity
+    assert cores(v1, {"cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "100000", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"}) == 1
+    # a quota above the affinity does not raise the count
+    assert cores("0::/\n", {"cpu.max": f"{100000 * (affinity + 4)} 100000"}) == affinity

@@ -9,7 +9,6 @@ all of its pairs are.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -45,7 +44,7 @@ class ScorerPool:
     """`num_actors` PairScorer actors holding the same (numerator, denominator[, sampler]) models."""
 
     def __init__(self, num_actors: int, numerator: str, denominator: str, *, batch_tokens: int, **actor_kwargs):
-        threads = max(1, (os.cpu_count() or 1) // num_actors)  # only used on CPU
+        threads = max(1, devmode.usable_cores() // num_actors)  # only used on CPU
         self.batch_tokens = batch_tokens
         # Which model each score comes from, to name it when its log-probs are not finite.
         self.sources = {"numerator_logp": numerator, "denominator_logp": denominator}
