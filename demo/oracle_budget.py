@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 from dataclasses import replace
@@ -32,6 +33,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--lrs", type=float, nargs="+", required=True, help="actor learning rates to try")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
+    # Every refusal before anything is written or evaluated: a half-made --out blocks the rerun.
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: at least 1")
+    if args.steps < 1:
+        parser.error(f"--steps {args.steps}: at least 1")
+    try:
+        replace(DemoSettings(), ppo_steps=args.steps).ppo_config()
+    except ValueError as e:
+        parser.error(f"--steps {args.steps}: {e}")
+    bad = [lr for lr in args.lrs if not (math.isfinite(lr) and lr > 0)]
+    if bad:
+        parser.error(f"--lrs: {bad[0]} is not a positive finite learning rate")
+    if len({f"{lr:g}" for lr in args.lrs}) != len(args.lrs):
+        parser.error(f"--lrs {' '.join(map(str, args.lrs))}: a learning rate is given twice (each gets one run folder)")
     sfts = [os.path.join(args.demo_out, f"sft_seed{seed}") for seed in range(args.seeds)]
     missing = [path for path in sfts if not os.path.isfile(os.path.join(path, "config.json"))]
     if missing:

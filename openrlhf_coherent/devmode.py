@@ -152,7 +152,10 @@ def _cgroup_cpu_quota(cgroup_root: str, proc_cgroup: str) -> Optional[float]:
         return None
     quotas = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if controllers == "":  # v2 unified hierarchy
             folders, read = [cgroup_root], _read_cpu_max
         elif "cpu" in controllers.split(","):  # v1: mounted as cpu, or cpu,cpuacct
@@ -173,7 +176,7 @@ def _read_cpu_max(folder: str) -> Optional[float]:
     try:
         with open(os.path.join(folder, "cpu.max")) as f:
             quota, period = f.read().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
+        return None if quota == "max" or int(period) <= 0 else int(quota) / int(period)
     except (OSError, ValueError):
         return None
 
@@ -332,7 +335,7 @@ def ray_init_settings(num_gpus: int = 8, address: Optional[str] = None, temp_dir
         # default (OMP_NUM_THREADS = the actor's CPU slots, 1) is applied after the set-up hook,
         # which in this mode has already imported torch, so without this every worker ran with one
         # thread per core: 5-7 workers on a laptop's cores, each waiting at every parallel region
-        # for a second thread that has no core. Measured on 2 cores (the demo's PPO, 48 steps):
+        # for a second thread that has no core. Measured on 2 cores (the demo's PPO, its earlier 48-step budget):
         # 0.98 s per step before, 0.40 s with one thread.
         # The policy's update runs alone, so it takes every core (`_patch_policy_update_threads`),
         # unless the user fixed the count.

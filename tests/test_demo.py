@@ -70,16 +70,38 @@ def test_sweep_overlap_levels_never_use_held_out_prompts():
     assert all(s.in_domain for s, _ in diminished[len(medium):])
 
 
-def test_oracle_budget_refuses_a_demo_out_without_sft_models_and_an_existing_out(tmp_path, capsys):
+def test_oracle_budget_refuses_bad_input_before_writing_anything(tmp_path, capsys):
     from demo import oracle_budget
 
-    with pytest.raises(SystemExit) as exit_info:
-        oracle_budget.main(["--demo_out", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--steps", "2", "--lrs", "1e-4"])
-    assert exit_info.value.code == 2 and "--demo_out" in capsys.readouterr().err
+    demo_out, out = tmp_path / "demo", tmp_path / "o"
+
+    def refused(*flags) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            oracle_budget.main(["--demo_out", str(demo_out), "--out", str(out), *flags])
+        assert exit_info.value.code == 2 and not out.exists()
+        return capsys.readouterr().err.splitlines()[-1]  # the message, after argparse's usage line
+
+    assert "--demo_out: no SFT model" in refused("--steps", "2", "--lrs", "1e-4")
     for seed in range(3):
-        (tmp_path / "demo" / f"sft_seed{seed}").mkdir(parents=True)
-        (tmp_path / "demo" / f"sft_seed{seed}" / "config.json").write_text("{}")
-    (tmp_path / "o").mkdir()
+        (demo_out / f"sft_seed{seed}").mkdir(parents=True)
+        (demo_out / f"sft_seed{seed}" / "config.json").write_text("{}")
+    assert "--steps 20: more steps than one pass" in refused("--steps", "20", "--lrs", "1e-4")
+    assert "--steps 0: at least 1" in refused("--steps", "0", "--lrs", "1e-4")
+    assert "--seeds 0: at least 1" in refused("--steps", "2", "--lrs", "1e-4", "--seeds", "0")
+    for lr in ("0", "-0.0001", "nan", "inf"):
+        assert "is not a positive finite learning rate" in refused("--steps", "2", "--lrs", lr)
+    assert "given twice" in refused("--steps", "2", "--lrs", "1e-4", "0.0001")
+    out.mkdir()
     with pytest.raises(SystemExit) as exit_info:
-        oracle_budget.main(["--demo_out", str(tmp_path / "demo"), "--out", str(tmp_path / "o"), "--steps", "2", "--lrs", "1e-4"])
-    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err and not os.listdir(tmp_path / "o")
+        oracle_budget.main(["--demo_out", str(demo_out), "--out", str(out), "--steps", "2", "--lrs", "1e-4"])
+    assert exit_info.value.code == 2 and "exists: choose a new folder" in capsys.readouterr().err.splitlines()[-1]
+    assert not os.listdir(out)
+
+
+def test_demo_refuses_a_ppo_steps_override_that_is_not_whole_passes(tmp_path, capsys):
+    from demo import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--out", str(tmp_path / "d"), "--ppo_steps", "20"])
+    assert exit_info.value.code == 2 and "--ppo_steps 20: more steps than one pass" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -284,6 +284,7 @@ def test_usable_cores_follow_affinity_and_the_cgroup_cpu_quota(tmp_path):
     assert cores("0::/\n", {}) == affinity
     assert cores("0::/\n", {"cpu.max": "max 100000\n"}) == affinity
     assert devmode.usable_cores(str(tmp_path / "fs"), str(tmp_path / "missing")) == affinity
+    assert cores("garbage\n\n0::/\n", {"cpu.max": "100000 0\n"}) == affinity  # unreadable: no quota
     # cgroup v2: 1.5 CPUs -> 1 thread; the smallest quota on the path wins (a parent's 0.5 -> 1, never 0)
     assert cores("0::/\n", {"cpu.max": "150000 100000\n"}) == 1
     assert cores("0::/kubepods/pod1\n", {"kubepods/pod1/cpu.max": "max 100000", "kubepods/cpu.max": "50000 100000"}) == 1
