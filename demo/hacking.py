@@ -23,6 +23,7 @@ from typing import Dict, List
 from demo.evaluate import evaluate
 from demo.ppo import PPOConfig, coherent_reward_flags, run_ppo
 from demo.pretrain import pretrain
+from demo.run import new_output_folder
 from demo.sft import SFTConfig, run_sft
 from demo.world import make_world, write_prompts_jsonl
 
@@ -68,7 +69,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--guards", default=",".join(GUARDS), help="comma-separated subset of: " + ", ".join(GUARDS))
     parser.add_argument("--lr", type=float, default=HACKING_LR, help="actor learning rate")
     args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    new_output_folder(parser, args.out)
     world, base, sft, prompts = prepare_models(args.out)
     sft_eval = evaluate(sft, world.eval_in, world.eval_out)
     cfg = PPOConfig(actor_lr=args.lr, max_samples=16 * args.steps)

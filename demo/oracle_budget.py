@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from demo.evaluate import evaluate
 from demo.ppo import checker_reward_flags, run_ppo
-from demo.run import DemoSettings, heldout_curve
+from demo.run import DemoSettings, heldout_curve, new_output_folder
 from demo.world import make_world, write_prompts_jsonl
 
 
@@ -51,11 +51,9 @@ def main(argv=None) -> dict:
     missing = [path for path in sfts if not os.path.isfile(os.path.join(path, "config.json"))]
     if missing:
         parser.error(f"--demo_out: no SFT model at {', '.join(missing)} (run `make demo` first)")
-    if os.path.exists(args.out):
-        parser.error(f"--out {args.out} exists: choose a new folder (finished runs are never overwritten)")
 
     world = make_world(0)
-    os.makedirs(args.out)
+    new_output_folder(parser, args.out)
     prompts = write_prompts_jsonl(os.path.join(args.out, "ppo_prompts.jsonl"), world.ppo_prompts)
     starts = [evaluate(sft, world.eval_in, world.eval_out) for sft in sfts]
     results = {}

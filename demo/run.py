@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
         except ValueError as e:
             parser.error(f"--ppo_steps {args.ppo_steps}: {e}")
     seeds = [0] if args.quick else list(range(args.seeds))
-    os.makedirs(args.out, exist_ok=True)
+    new_output_folder(parser, args.out)
     timer = Timer()
 
     world = make_world(0)
@@ -277,6 +277,15 @@ def main(argv=None) -> dict:
     }
     write_outputs(args.out, results, format_table(results), lambda path: plot_curves(curves, path), "demo")
     return results
+
+
+def new_output_folder(parser: argparse.ArgumentParser, out: str, flag: str = "--out") -> None:
+    """Create `out` for a demo command, refusing (argparse's exit 2, naming the flag) a file or a
+    folder that is not empty, before any work: a finished demo's models and results are never
+    overwritten, and a half-written one is never mixed with a new run."""
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        parser.error(f"{flag} {out} exists and is not empty: a finished run is never overwritten; remove it or choose another {flag}")
+    os.makedirs(out, exist_ok=True)
 
 
 def write_outputs(out: str, results: dict, table: str, plot, tag: str) -> None:

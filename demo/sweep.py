@@ -35,7 +35,7 @@ from typing import Dict, List
 
 from demo.evaluate import evaluate
 from demo.ppo import checker_reward_flags, coherent_reward_flags, run_ppo
-from demo.run import ORACLE, DemoSettings, heldout_curve
+from demo.run import ORACLE, DemoSettings, heldout_curve, new_output_folder
 from demo.sft import SFTConfig, run_sft
 from demo.world import all_prompt_specs, ideal_response, make_world, write_prompts_jsonl
 
@@ -93,13 +93,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated subset of: " + ", ".join(LEVERS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    demo = json.load(open(os.path.join(args.demo_out, "results.json")))
+    if not os.path.isfile(os.path.join(args.demo_out, "results.json")):
+        parser.error(f"--demo_out {args.demo_out}: no results.json (a finished `make demo` output is needed)")
+    with open(os.path.join(args.demo_out, "results.json")) as f:
+        demo = json.load(f)
     settings = DemoSettings(**demo["settings"])
     seed = args.seed
     idx = demo["seeds"].index(seed)
     world = make_world(0)
     base = os.path.join(args.demo_out, "base")
-    os.makedirs(args.out, exist_ok=True)
+    new_output_folder(parser, args.out)
     default_sft = demo["per_seed"]["SFT"][idx]
     rows = [
         {

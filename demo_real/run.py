@@ -244,7 +244,7 @@ def main(argv=None) -> dict:
         settings = replace(settings, ppo_steps=args.ppo_steps)
     settings = replace(settings, threads=pick_threads(args.threads))
     s, seed = settings, args.seed
-    os.makedirs(args.out, exist_ok=True)
+    main_demo.new_output_folder(parser, args.out)
     timer = Timer()
 
     from demo.ppo import coherent_reward_flags, run_ppo

@@ -92,10 +92,11 @@ def test_oracle_budget_refuses_bad_input_before_writing_anything(tmp_path, capsy
         assert "is not a positive finite learning rate" in refused("--steps", "2", "--lrs", lr)
     assert "given twice" in refused("--steps", "2", "--lrs", "1e-4", "0.0001")
     out.mkdir()
+    (out / "oracle_budget.json").write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
         oracle_budget.main(["--demo_out", str(demo_out), "--out", str(out), "--steps", "2", "--lrs", "1e-4"])
-    assert exit_info.value.code == 2 and "exists: choose a new folder" in capsys.readouterr().err.splitlines()[-1]
-    assert not os.listdir(out)
+    assert exit_info.value.code == 2 and "exists and is not empty" in capsys.readouterr().err.splitlines()[-1]
+    assert os.listdir(out) == ["oracle_budget.json"]
 
 
 def test_demo_refuses_a_ppo_steps_override_that_is_not_whole_passes(tmp_path, capsys):
@@ -105,3 +106,25 @@ def test_demo_refuses_a_ppo_steps_override_that_is_not_whole_passes(tmp_path, ca
         run.main(["--out", str(tmp_path / "d"), "--ppo_steps", "20"])
     assert exit_info.value.code == 2 and "--ppo_steps 20: more steps than one pass" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("module", ["demo.run", "demo.sweep", "demo.hacking", "demo_real.run"])
+def test_demo_commands_never_overwrite_a_finished_output(module, tmp_path):
+    """A second `make demo` (or sweep, hacking, real-model run) into the same folder is refused
+    before any work, naming --out; the first run's files are untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"finished": true}')
+    argv = ["--out", str(out)]
+    if module == "demo.sweep":
+        demo_out = tmp_path / "demo_out"
+        demo_out.mkdir()
+        (demo_out / "results.json").write_text(json.dumps({"settings": {}, "seeds": [0], "per_seed": {"SFT": [{}]}}))
+        argv += ["--demo_out", str(demo_out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"--out {out} exists and is not empty" in proc.stderr
+    assert os.listdir(out) == ["results.json"] and (out / "results.json").read_text() == '{"finished": true}'
