@@ -196,3 +196,62 @@ def test_outputs_are_never_overwritten(capsys, tmp_path, tiny_models):
     err = capsys.readouterr().err
     assert "never overwrites" in err and str(stray) in err
     assert (stray / "model.safetensors").read_text() == "someone else's"
+
+
+def _ppo_stage(tmp_path):
+    from openrlhf_coherent.recipe.stages import Stage
+
+    return Stage("ppo", "ppo", [], str(tmp_path / "out" / "ppo"), str(tmp_path / "ckpt" / "ppo"), {})
+
+
+def _save(role_dir, steps, latest):
+    for step in steps:
+        (role_dir / f"global_step{step}").mkdir(parents=True)
+        (role_dir / f"global_step{step}" / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    if latest is not None:
+        (role_dir / "latest").write_text(latest)
+
+
+def test_a_killed_ppo_run_resumes_every_role_from_one_finished_step(tmp_path):
+    """DeepSpeed rewrites `latest` in place: a kill can leave it empty, or leave the critic a step
+    behind the actor. The recipe points every role at the newest step all of them finished."""
+    from openrlhf_coherent.recipe import resume
+
+    stage = _ppo_stage(tmp_path)
+    actor, critic = tmp_path / "ckpt" / "ppo" / "_actor", tmp_path / "ckpt" / "ppo" / "_critic"
+    # the case seen in a killed GAE run: actor at step 2 (step 3 half-saved), critic's latest empty
+    _save(actor, [1, 2, 3], "global_step2")
+    _save(critic, [1, 2, 3], "")
+    assert resume.resume_step(stage) == 2 and resume.latest_checkpoint(stage) == "global_step2"
+    message = resume.align_checkpoints(stage)
+    assert "critic: latest (empty" in message and "-> global_step2" in message
+    assert (critic / "latest").read_text() == "global_step2" and (actor / "latest").read_text() == "global_step2"
+    assert sorted(os.listdir(critic)) == ["global_step1", "global_step2", "global_step3", "latest"]  # nothing deleted
+    assert resume.align_checkpoints(stage) is None  # already consistent: nothing to do
+    # the critic a step behind: the actor goes back to the critic's step
+    (critic / "latest").write_text("global_step1")
+    assert resume.resume_step(stage) == 1 and "actor: latest global_step2 -> global_step1" in resume.align_checkpoints(stage)
+
+
+def test_resume_with_a_role_that_never_finished_a_save(tmp_path):
+    from openrlhf_coherent.recipe import resume
+    from openrlhf_coherent.recipe.config import RecipeConfigError
+
+    stage = _ppo_stage(tmp_path)
+    actor, critic = tmp_path / "ckpt" / "ppo" / "_actor", tmp_path / "ckpt" / "ppo" / "_critic"
+    _save(actor, [1], "global_step1")
+    _save(critic, [1], None)  # killed during its first save: no `latest` yet
+    assert resume.resume_step(stage) == 1
+    assert "critic: no finished save, starts from its initial weights" in resume.align_checkpoints(stage)
+    assert not (critic / "latest").exists()
+    (actor / "latest").unlink()
+    (critic / "latest").write_text("global_step1")
+    with pytest.raises(RecipeConfigError, match="the critic saved a checkpoint but the actor never finished"):
+        resume.resume_step(stage)
+    # SFT/DPO stages: one checkpoint folder, the model's own
+    from openrlhf_coherent.recipe.stages import Stage
+
+    sft = Stage("sft", "sft", [], str(tmp_path / "out" / "sft"), str(tmp_path / "ckpt" / "sft"), {})
+    assert resume.resume_step(sft) is None
+    _save(tmp_path / "ckpt" / "sft", [5, 10], "global_step10")
+    assert resume.resume_step(sft) == 10 and resume.align_checkpoints(sft) is None

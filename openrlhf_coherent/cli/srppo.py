@@ -122,6 +122,10 @@ def run(args) -> int:
         print(f"[srppo] stage {stage.label}: {resume.describe(stage, status)}", flush=True)
         if status == resume.COMPLETE:
             continue
+        if status == resume.RESUME:
+            aligned = resume.align_checkpoints(stage)
+            if aligned:
+                print(f"[srppo] stage {stage.label}: {aligned}", flush=True)
         env = stage_env(stage, cuda)
         print(f"[srppo] $ {command_line(stage.argv, env)}", flush=True)
         start = time.time()

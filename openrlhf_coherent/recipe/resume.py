@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from typing import List
+from typing import List, Optional, Tuple
 
 from .config import RecipeConfigError
 from .stages import Stage
@@ -29,16 +30,83 @@ def marker_path(stage: Stage) -> str:
     return os.path.join(stage.output, "recipe_stage_done.json")
 
 
-def latest_checkpoint(stage: Stage):
-    """The tag DeepSpeed's `latest` file names under the stage's checkpoint folder, or None."""
-    if not stage.ckpt:
+_TAG = re.compile(r"global_step(\d+)$")
+
+
+def _role_dirs(stage: Stage) -> List[str]:
+    """The DeepSpeed checkpoint folders of a stage: train_sft/train_dpo save at ckpt.path itself,
+    train_ppo_ray one folder per trained role (`_actor`, and `_critic` with GAE)."""
+    roles = [os.path.join(stage.ckpt, role) for role in ("_actor", "_critic")]
+    return [d for d in roles if os.path.isdir(d)] or [stage.ckpt]
+
+
+def _last_saved_step(role_dir: str) -> Optional[int]:
+    """The newest step whose checkpoint DeepSpeed finished in `role_dir`, or None.
+
+    DeepSpeed writes `latest` (the tag's name) after the tag's files, by truncating and rewriting
+    it: a job killed at that instant leaves it empty (seen in a killed GAE run), although that
+    tag's files are complete. Empty: the newest tag folder is that one. Missing: no save finished."""
+    latest = os.path.join(role_dir, "latest")
+    if not os.path.isfile(latest):
         return None
-    for sub in ("", "_actor"):  # train_sft/train_dpo save at ckpt.path, train_ppo_ray under _actor
-        latest = os.path.join(stage.ckpt, sub, "latest")
-        if os.path.isfile(latest):
-            with open(latest) as f:
-                return f.read().strip() or None
-    return None
+    with open(latest) as f:
+        match = _TAG.match(f.read().strip())
+    if match and os.path.isdir(os.path.join(role_dir, match.group(0))):
+        return int(match.group(1))
+    steps = [int(m.group(1)) for m in map(_TAG.match, os.listdir(role_dir)) if m]
+    return max(steps) if steps else None
+
+
+def _saved_steps(stage: Stage) -> List[Tuple[str, Optional[int]]]:
+    if not stage.ckpt or not os.path.isdir(stage.ckpt):
+        return []
+    return [(d, _last_saved_step(d)) for d in _role_dirs(stage)]
+
+
+def resume_step(stage: Stage) -> Optional[int]:
+    """The step the stage resumes from: the oldest last save of its trained roles (a killed PPO job
+    may have saved the actor's step but not yet the critic's), or None when the first role (the
+    model, or PPO's actor, whose checkpoint carries the step and the data position) has none. A
+    role that never finished a save starts from its initial weights, as stock OpenRLHF does."""
+    saved = _saved_steps(stage)
+    if not saved or saved[0][1] is None:
+        if any(step is not None for _, step in saved):
+            raise RecipeConfigError(
+                f"stage {stage.label}: under {stage.ckpt} the critic saved a checkpoint but the actor never finished "
+                f"one, so they cannot resume from one step; move {stage.ckpt} away to run the stage from its start"
+            )
+        return None
+    return min(step for _, step in saved if step is not None)
+
+
+def align_checkpoints(stage: Stage) -> Optional[str]:
+    """Point every role's `latest` at `resume_step` before a resumed stage starts, so OpenRLHF
+    loads one consistent step (each role reads its own `latest`); written atomically. Tag folders
+    are never touched. Returns what was done, for the log, or None."""
+    step = resume_step(stage)
+    if step is None:
+        return None
+    done = []
+    for role_dir, saved in _saved_steps(stage):
+        role = os.path.basename(role_dir).lstrip("_") or "model"
+        if saved is None:
+            done.append(f"{role}: no finished save, starts from its initial weights")
+            continue
+        latest = os.path.join(role_dir, "latest")
+        with open(latest) as f:
+            old = f.read().strip()
+        if old != f"global_step{step}":
+            with open(latest + ".tmp", "w") as f:
+                f.write(f"global_step{step}")
+            os.replace(latest + ".tmp", latest)
+            done.append(f"{role}: latest {old or '(empty: killed while DeepSpeed wrote it)'} -> global_step{step}")
+    return f"every role resumes from global_step{step} ({'; '.join(done)})" if done else None
+
+
+def latest_checkpoint(stage: Stage):
+    """The tag the stage resumes from (every trained role has saved it), or None."""
+    step = resume_step(stage)
+    return None if step is None else f"global_step{step}"
 
 
 def stage_status(stage: Stage) -> str:
