@@ -82,6 +82,12 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
 
     def init_checkpoint_states(self) -> Dict:
         states = super().init_checkpoint_states()
+        if "global_step" not in states:
+            # `_actor` exists but holds no finished checkpoint (killed during its first save):
+            # OpenRLHF's loader skipped it and returned {}, and fit() would raise KeyError on every
+            # retry. It is a fresh run.
+            logger.warning("openrlhf_coherent: no finished actor checkpoint under --ckpt.path: starting from step 0")
+            return {"episode": 0, "global_step": 0, "total_consumed_prompts": 0, "data_loader_state_dict": {}}
         if not states["global_step"]:  # a fresh run
             return states
         saved = states.get("coherent")

@@ -42,14 +42,14 @@ def fresh_ray_env():
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray
 
 
-def run_until(cmd, path, timeout=400):
-    """Start `cmd`; SIGKILL its whole process group (driver, Ray, DeepSpeed) once `path` exists."""
+def run_until(cmd, paths, timeout=400):
+    """Start `cmd`; SIGKILL its whole process group (driver, Ray, DeepSpeed) once all `paths` exist."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=fresh_ray_env(), cwd=REPO,
                             start_new_session=True, text=True)  # fmt: skip
     deadline = time.time() + timeout
-    while proc.poll() is None and not os.path.exists(path) and time.time() < deadline:
+    while proc.poll() is None and not all(os.path.exists(p) for p in paths) and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # let the critic's save of the same step land too
+    time.sleep(1.0)  # into the next step, so the kill may race its saves
     os.killpg(proc.pid, signal.SIGKILL)
     return proc.communicate()[0]
 
@@ -65,8 +65,9 @@ def test_srppo_gae_run_is_killed_resumes_and_trains_on_the_exact_coherent_reward
            "--set", "ppo.rollout_batch_size=2", "--set", "ppo.train_batch_size=2",
            "--set", "ppo.rollout_micro_batch_size=1", "--set", "ppo.train_micro_batch_size=1",
            "--set", "ppo.save_steps=1", "--set", "ppo.critic_warmup_buffers=0"]  # fmt: skip
-    latest = out / "ckpt" / "ppo" / "_actor" / "latest"
-    first = run_until(cmd, str(latest))
+    # Killed once both roles have finished a save (a critic without one would restart from its
+    # initial weights, which this test does not check), at a moment that races the next saves.
+    first = run_until(cmd, [str(out / "ckpt" / "ppo" / role / "latest") for role in ("_actor", "_critic")])
     assert not (out / "ppo" / "recipe_stage_done.json").exists()
 
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, env=fresh_ray_env())
@@ -79,6 +80,7 @@ def test_srppo_gae_run_is_killed_resumes_and_trains_on_the_exact_coherent_reward
     assert resumed, first[-3000:] + log[-3000:]
     k = int(resumed.group(1))
     assert 1 <= k < 4, first[-3000:]
+    assert "no finished save" not in log
     assert f"resumed the coherent-reward state at rollout {k}" in log
     # With reuse the coherent actor never loads the SFT model (no second copy in memory).
     assert "sft=(reference model log-probs reused)" in log

@@ -201,7 +201,8 @@ def test_outputs_are_never_overwritten(capsys, tmp_path, tiny_models):
 def _ppo_stage(tmp_path):
     from openrlhf_coherent.recipe.stages import Stage
 
-    return Stage("ppo", "ppo", [], str(tmp_path / "out" / "ppo"), str(tmp_path / "ckpt" / "ppo"), {})
+    gae = ["--critic.model_name_or_path", str(tmp_path / "sft")]
+    return Stage("ppo", "ppo", gae, str(tmp_path / "out" / "ppo"), str(tmp_path / "ckpt" / "ppo"), {})
 
 
 def _save(role_dir, steps, latest):
@@ -216,6 +217,7 @@ def test_a_killed_ppo_run_resumes_every_role_from_one_finished_step(tmp_path):
     """DeepSpeed rewrites `latest` in place: a kill can leave it empty, or leave the critic a step
     behind the actor. The recipe points every role at the newest step all of them finished."""
     from openrlhf_coherent.recipe import resume
+    from openrlhf_coherent.recipe.config import RecipeConfigError
 
     stage = _ppo_stage(tmp_path)
     actor, critic = tmp_path / "ckpt" / "ppo" / "_actor", tmp_path / "ckpt" / "ppo" / "_critic"
@@ -224,13 +226,21 @@ def test_a_killed_ppo_run_resumes_every_role_from_one_finished_step(tmp_path):
     _save(critic, [1, 2, 3], "")
     assert resume.resume_step(stage) == 2 and resume.latest_checkpoint(stage) == "global_step2"
     message = resume.align_checkpoints(stage)
-    assert "critic: latest (empty" in message and "-> global_step2" in message
+    assert "critic: latest (empty" in message and "-> global_step2" in message and "from step 2" in message
     assert (critic / "latest").read_text() == "global_step2" and (actor / "latest").read_text() == "global_step2"
     assert sorted(os.listdir(critic)) == ["global_step1", "global_step2", "global_step3", "latest"]  # nothing deleted
     assert resume.align_checkpoints(stage) is None  # already consistent: nothing to do
     # the critic a step behind: the actor goes back to the critic's step
     (critic / "latest").write_text("global_step1")
     assert resume.resume_step(stage) == 1 and "actor: latest global_step2 -> global_step1" in resume.align_checkpoints(stage)
+    # a best-metric tag is a finished save too, and is what the role points at for its step
+    (actor / "global_step1").rename(actor / "best_global_step1")
+    (actor / "latest").write_text("best_global_step1")
+    assert resume.resume_step(stage) == 1 and resume.align_checkpoints(stage) is None
+    # `latest` naming a folder OpenRLHF's rotation deleted: the newer folder may be half-written
+    (critic / "latest").write_text("global_step7")
+    with pytest.raises(RecipeConfigError, match="not a checkpoint folder there"):
+        resume.resume_step(stage)
 
 
 def test_resume_with_a_role_that_never_finished_a_save(tmp_path):
@@ -255,3 +265,7 @@ def test_resume_with_a_role_that_never_finished_a_save(tmp_path):
     assert resume.resume_step(sft) is None
     _save(tmp_path / "ckpt" / "sft", [5, 10], "global_step10")
     assert resume.resume_step(sft) == 10 and resume.align_checkpoints(sft) is None
+    # a REINFORCE stage (no critic flag) ignores a `_critic` folder left by another run
+    reinforce = Stage("ppo", "ppo", [], stage.output, stage.ckpt, {})
+    (actor / "latest").write_text("global_step1")
+    assert resume.resume_step(reinforce) == 1 and resume.align_checkpoints(reinforce) is None

@@ -30,81 +30,99 @@ def marker_path(stage: Stage) -> str:
     return os.path.join(stage.output, "recipe_stage_done.json")
 
 
-_TAG = re.compile(r"global_step(\d+)$")
+_TAG = re.compile(r"(?:best_)?global_step(\d+)$")  # OpenRLHF's regular and best-metric tags
 
 
 def _role_dirs(stage: Stage) -> List[str]:
-    """The DeepSpeed checkpoint folders of a stage: train_sft/train_dpo save at ckpt.path itself,
-    train_ppo_ray one folder per trained role (`_actor`, and `_critic` with GAE)."""
-    roles = [os.path.join(stage.ckpt, role) for role in ("_actor", "_critic")]
-    return [d for d in roles if os.path.isdir(d)] or [stage.ckpt]
+    """The DeepSpeed checkpoint folders of a stage's trained roles, the one carrying the step first:
+    train_sft/train_dpo save at ckpt.path itself; train_ppo_ray under `_actor` and, with GAE (the
+    stage passes a critic), `_critic`. A role folder may not exist yet."""
+    actor, critic = os.path.join(stage.ckpt, "_actor"), os.path.join(stage.ckpt, "_critic")
+    if not (os.path.isdir(actor) or os.path.isdir(critic)):
+        return [stage.ckpt]
+    return [actor, critic] if "--critic.model_name_or_path" in stage.argv else [actor]
 
 
-def _last_saved_step(role_dir: str) -> Optional[int]:
-    """The newest step whose checkpoint DeepSpeed finished in `role_dir`, or None.
+def _last_saved(role_dir: str) -> Optional[Tuple[int, str]]:
+    """(step, tag) of the newest checkpoint DeepSpeed finished in `role_dir`, or None.
 
     DeepSpeed writes `latest` (the tag's name) after the tag's files, by truncating and rewriting
     it: a job killed at that instant leaves it empty (seen in a killed GAE run), although that
-    tag's files are complete. Empty: the newest tag folder is that one. Missing: no save finished."""
+    tag's files are complete, and it is the newest tag folder. Missing: no save finished. A name
+    that is no tag folder there (OpenRLHF's rotation deleted it before a killed save) is refused:
+    the newer folder may be half-written."""
     latest = os.path.join(role_dir, "latest")
     if not os.path.isfile(latest):
         return None
     with open(latest) as f:
-        match = _TAG.match(f.read().strip())
-    if match and os.path.isdir(os.path.join(role_dir, match.group(0))):
-        return int(match.group(1))
-    steps = [int(m.group(1)) for m in map(_TAG.match, os.listdir(role_dir)) if m]
-    return max(steps) if steps else None
+        tag = f.read().strip()
+    if tag:
+        match = _TAG.match(tag)
+        if not (match and os.path.isdir(os.path.join(role_dir, tag))):
+            raise RecipeConfigError(
+                f"{latest} names {tag!r}, which is not a checkpoint folder there (deleted by OpenRLHF's checkpoint "
+                f"rotation before a save that did not finish?): the stage cannot resume; move {os.path.dirname(role_dir)} "
+                f"away to run it from its start"
+            )
+        return int(match.group(1)), tag
+    tags = sorted((int(m.group(1)), not m.group(0).startswith("best_"), m.group(0)) for m in map(_TAG.match, os.listdir(role_dir)) if m)
+    return (tags[-1][0], tags[-1][2]) if tags else None
 
 
-def _saved_steps(stage: Stage) -> List[Tuple[str, Optional[int]]]:
+def _saved(stage: Stage) -> List[Tuple[str, Optional[Tuple[int, str]]]]:
     if not stage.ckpt or not os.path.isdir(stage.ckpt):
         return []
-    return [(d, _last_saved_step(d)) for d in _role_dirs(stage)]
+    return [(d, _last_saved(d)) for d in _role_dirs(stage)]
 
 
 def resume_step(stage: Stage) -> Optional[int]:
     """The step the stage resumes from: the oldest last save of its trained roles (a killed PPO job
     may have saved the actor's step but not yet the critic's), or None when the first role (the
     model, or PPO's actor, whose checkpoint carries the step and the data position) has none. A
-    role that never finished a save starts from its initial weights, as stock OpenRLHF does."""
-    saved = _saved_steps(stage)
+    critic that never finished a save starts from its initial weights, as stock OpenRLHF does."""
+    saved = _saved(stage)
     if not saved or saved[0][1] is None:
-        if any(step is not None for _, step in saved):
+        if any(last is not None for _, last in saved):
             raise RecipeConfigError(
                 f"stage {stage.label}: under {stage.ckpt} the critic saved a checkpoint but the actor never finished "
                 f"one, so they cannot resume from one step; move {stage.ckpt} away to run the stage from its start"
             )
         return None
-    return min(step for _, step in saved if step is not None)
+    return min(last[0] for _, last in saved if last is not None)
 
 
 def align_checkpoints(stage: Stage) -> Optional[str]:
-    """Point every role's `latest` at `resume_step` before a resumed stage starts, so OpenRLHF
-    loads one consistent step (each role reads its own `latest`); written atomically. Tag folders
-    are never touched. Returns what was done, for the log, or None."""
+    """Point every role's `latest` at its tag of `resume_step` before a resumed stage starts, so
+    OpenRLHF loads one consistent step (each role reads its own `latest`); written atomically. Tag
+    folders are never touched. Returns what was done, for the log, or None."""
     step = resume_step(stage)
     if step is None:
         return None
     done = []
-    for role_dir, saved in _saved_steps(stage):
+    for role_dir, last in _saved(stage):
         role = os.path.basename(role_dir).lstrip("_") or "model"
-        if saved is None:
+        if last is None:
             done.append(f"{role}: no finished save, starts from its initial weights")
             continue
+        tag = next((t for t in (f"global_step{step}", f"best_global_step{step}") if os.path.isdir(os.path.join(role_dir, t))), None)
+        if tag is None:
+            raise RecipeConfigError(
+                f"stage {stage.label}: {role_dir} has no checkpoint of step {step}, the newest step every role saved: "
+                f"the roles cannot resume from one step; move {stage.ckpt} away to run the stage from its start"
+            )
         latest = os.path.join(role_dir, "latest")
         with open(latest) as f:
             old = f.read().strip()
-        if old != f"global_step{step}":
+        if old != tag:
             with open(latest + ".tmp", "w") as f:
-                f.write(f"global_step{step}")
+                f.write(tag)
             os.replace(latest + ".tmp", latest)
-            done.append(f"{role}: latest {old or '(empty: killed while DeepSpeed wrote it)'} -> global_step{step}")
-    return f"every role resumes from global_step{step} ({'; '.join(done)})" if done else None
+            done.append(f"{role}: latest {old or '(empty: killed while DeepSpeed wrote it)'} -> {tag}")
+    return f"every role resumes from step {step} ({'; '.join(done)})" if done else None
 
 
 def latest_checkpoint(stage: Stage):
-    """The tag the stage resumes from (every trained role has saved it), or None."""
+    """The step the stage resumes from (every trained role has saved it), as a tag name, or None."""
     step = resume_step(stage)
     return None if step is None else f"global_step{step}"
 
