@@ -36,8 +36,6 @@ def main(argv=None) -> dict:
     # Every refusal before anything is written or evaluated: a half-made --out blocks the rerun.
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds}: at least 1")
-    if args.steps < 1:
-        parser.error(f"--steps {args.steps}: at least 1")
     try:
         replace(DemoSettings(), ppo_steps=args.steps).ppo_config()
     except ValueError as e:

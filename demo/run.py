@@ -51,9 +51,8 @@ class DemoSettings:
     the learning rate is the smallest tried that lets the *oracle* (exact checker reward) clear
     +0.15 out of domain over SFT, mean of 3 seeds, without an in-domain loss, in every run
     (`demo.oracle_budget`, 16 steps, two runs: lr 3e-4 +0.135 and +0.167, lr 4e-4 +0.172 and
-    +0.182), as the issue asks; 2 SFT epochs and minimum overlap
-    are the paper's main setting. The SRPPO guard is
-    `RECOMMENDED_GUARD`. No setting was tuned on SRPPO's held-out accuracy."""
+    +0.182), as the issue asks; 2 SFT epochs and minimum overlap are the paper's main setting. The
+    SRPPO guard is `RECOMMENDED_GUARD`. No setting was tuned on SRPPO's held-out accuracy."""
 
     ppo_steps: int = 16  # one pass over the 256 PPO prompts
     eval_every: int = 4
@@ -68,6 +67,8 @@ class DemoSettings:
         """`ppo_steps` rollouts: within one pass over the `n_prompts` PPO prompts, or whole passes
         (episodes) over them."""
         per_episode = n_prompts // self.rollout_prompts
+        if self.ppo_steps < 1:
+            raise ValueError("at least 1")
         if self.ppo_steps <= per_episode:
             max_samples, episodes = self.rollout_prompts * self.ppo_steps, 1
         else:
@@ -203,8 +204,6 @@ def main(argv=None) -> dict:
     if args.ppo_steps is not None:
         settings = replace(settings, ppo_steps=args.ppo_steps)
         try:
-            if args.ppo_steps < 1:
-                raise ValueError("at least 1")
             settings.ppo_config()
         except ValueError as e:
             parser.error(f"--ppo_steps {args.ppo_steps}: {e}")

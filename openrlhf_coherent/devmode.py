@@ -163,8 +163,8 @@ def _cgroup_cpu_quota(cgroup_root: str, proc_cgroup: str) -> Optional[float]:
             read = _read_cfs_quota
         else:
             continue
+        parts = [part for part in path.split("/") if part]
         for folder in dict.fromkeys(folders):
-            parts = [part for part in path.split("/") if part]
             for depth in range(len(parts), -1, -1):
                 quota = read(os.path.join(folder, *parts[:depth]))
                 if quota is not None:

@@ -13,8 +13,8 @@ def test_actor_folder_without_a_finished_checkpoint_is_a_fresh_run(monkeypatch):
 
     trainer_class = CoherentPPOTrainer.__ray_actor_class__
     trainer = trainer_class.__new__(trainer_class)  # no models: only the checkpoint-state logic runs
-    monkeypatch.setattr(BasePPOTrainer, "init_checkpoint_states", lambda self: {})
-    assert trainer.init_checkpoint_states() == {"episode": 0, "global_step": 0, "total_consumed_prompts": 0, "data_loader_state_dict": {}}
     fresh = {"episode": 0, "global_step": 0, "total_consumed_prompts": 0, "data_loader_state_dict": {}}
+    monkeypatch.setattr(BasePPOTrainer, "init_checkpoint_states", lambda self: {})
+    assert trainer.init_checkpoint_states() == fresh
     monkeypatch.setattr(BasePPOTrainer, "init_checkpoint_states", lambda self: dict(fresh))
     assert trainer.init_checkpoint_states() == fresh

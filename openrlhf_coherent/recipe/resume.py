@@ -80,7 +80,10 @@ def resume_step(stage: Stage) -> Optional[int]:
     may have saved the actor's step but not yet the critic's), or None when the first role (the
     model, or PPO's actor, whose checkpoint carries the step and the data position) has none. A
     critic that never finished a save starts from its initial weights, as stock OpenRLHF does."""
-    saved = _saved(stage)
+    return _resume_step(stage, _saved(stage))
+
+
+def _resume_step(stage: Stage, saved: List[Tuple[str, Optional[Tuple[int, str]]]]) -> Optional[int]:
     if not saved or saved[0][1] is None:
         if any(last is not None for _, last in saved):
             raise RecipeConfigError(
@@ -95,11 +98,12 @@ def align_checkpoints(stage: Stage) -> Optional[str]:
     """Point every role's `latest` at its tag of `resume_step` before a resumed stage starts, so
     OpenRLHF loads one consistent step (each role reads its own `latest`); written atomically. Tag
     folders are never touched. Returns what was done, for the log, or None."""
-    step = resume_step(stage)
+    saved = _saved(stage)
+    step = _resume_step(stage, saved)
     if step is None:
         return None
     done = []
-    for role_dir, last in _saved(stage):
+    for role_dir, last in saved:
         role = os.path.basename(role_dir).lstrip("_") or "model"
         if last is None:
             done.append(f"{role}: no finished save, starts from its initial weights")
