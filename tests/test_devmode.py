@@ -144,6 +144,10 @@ def test_ray_init_settings(monkeypatch):
         assert os.environ["RAY_prestart_worker_first_driver"] == (users_prestart or "0")
     else:
         assert "num_gpus" not in kwargs and "OMP_NUM_THREADS" not in runtime_env["env_vars"]
+    # The evaluator tools' workers (plain transformers) get a set-up hook without the shims.
+    plain = devmode.ray_init_settings(num_gpus=4, openrlhf_workers=False)[2]["runtime_env"]
+    assert plain["worker_process_setup_hook"] == "openrlhf_coherent.devmode.plain_worker_setup"
+    assert plain["env_vars"][devmode.DEVICE_ENV] == device
     # The explicit switch wins over this machine.
     monkeypatch.setenv(devmode.DEVICE_ENV, "cuda")
     forced_device, forced_reason, forced = devmode.ray_init_settings(num_gpus=4)

@@ -40,7 +40,7 @@ QA = [
 def ray_cluster():
     """Two fake GPUs, dev-mode workers; the tools' `ray_session` reuses it and leaves it running."""
     assert not ray.is_initialized()
-    ray.init(**devmode.ray_init_kwargs(2))
+    ray.init(**devmode.ray_init_kwargs(2, openrlhf_workers=False))
     yield
     ray.shutdown()
 
@@ -143,6 +143,21 @@ def test_score_with_two_actors_matches_independent_reference(scored, tiny_models
     for row in rows:
         assert (row["prompt"], row["response"]) == QA[row["id"]] and row["line"] == row["id"] + 1
         check_scored_row(row, sft, base)
+
+
+def test_scoring_workers_skip_the_openrlhf_shims(ray_cluster):
+    """The tools' workers load models with plain transformers: their set-up hook installs only the
+    import stand-ins, so they never import DeepSpeed or OpenRLHF's trainer (about 8 CPU-s each)."""
+
+    @ray.remote(num_gpus=1)
+    def imported():
+        import sys
+
+        import openrlhf_coherent.evaluator.actor  # noqa: F401 (what a PairScorer worker imports)
+
+        return {name: name in sys.modules for name in ("deepspeed", "openrlhf.trainer")}
+
+    assert ray.get(imported.remote()) == {"deepspeed": False, "openrlhf.trainer": False}
 
 
 def test_resume_keeps_finished_rows_byte_for_byte_and_adds_only_missing(scored, tiny_models, tmp_path, capsys):

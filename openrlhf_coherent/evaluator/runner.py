@@ -32,7 +32,7 @@ def ray_session(num_actors: int):
     one (fake GPUs on CPU via the dev mode) and shut down only that one."""
     started = not ray.is_initialized()
     if started:
-        ray.init(**devmode.ray_init_kwargs(num_actors))
+        ray.init(**devmode.ray_init_kwargs(num_actors, openrlhf_workers=False))
     try:
         yield
     finally:

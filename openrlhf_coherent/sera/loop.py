@@ -111,7 +111,7 @@ def round_dataset(args, r: Round, thetas: Sequence[str], n: int):
     if pending:
         from openrlhf_coherent import devmode
 
-        devmode.apply()  # before Ray starts: import stand-ins; CPU shims (driver and workers) without CUDA
+        devmode.apply()  # before Ray starts: import stand-ins; CPU shims (this driver) without CUDA
     with ray_session(args.num_actors) if pending else contextlib.nullcontext():
         select_pairs.run(select_pairs.parser().parse_args([str(a) for a in select_argv]))
         bootstrap_pairs.run(bootstrap_pairs.parser().parse_args([str(a) for a in boot_argv]))
