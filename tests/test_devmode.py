@@ -129,7 +129,9 @@ def test_ray_init_settings(monkeypatch):
     """Starting a local Ray: the decision is this machine's; every worker receives it and only reads it."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(devmode.DEVICE_ENV, raising=False)
-    users_prestart = os.environ.get("RAY_prestart_worker_first_driver")
+    # Unset (restored afterwards): earlier tests' local Rays already set it in this process.
+    monkeypatch.setenv("RAY_prestart_worker_first_driver", "")
+    monkeypatch.delenv("RAY_prestart_worker_first_driver")
     device, reason, kwargs = devmode.ray_init_settings(num_gpus=4)
     runtime_env = kwargs["runtime_env"]
     assert runtime_env["env_vars"]["TOKENIZERS_PARALLELISM"] in ("true", os.environ.get("TOKENIZERS_PARALLELISM"))
@@ -141,7 +143,7 @@ def test_ray_init_settings(monkeypatch):
         policy_update = "fixed" if "OMP_NUM_THREADS" in os.environ else "all_cores"
         assert runtime_env["env_vars"][devmode.POLICY_UPDATE_THREADS_ENV] == policy_update
         # read by the raylet this driver starts: no idle workers competing with the actors' start-up
-        assert os.environ["RAY_prestart_worker_first_driver"] == (users_prestart or "0")
+        assert os.environ["RAY_prestart_worker_first_driver"] == "0"
     else:
         assert "num_gpus" not in kwargs and "OMP_NUM_THREADS" not in runtime_env["env_vars"]
     # The evaluator tools' workers (plain transformers) get a set-up hook without the shims.
