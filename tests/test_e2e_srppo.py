@@ -50,6 +50,8 @@ def run_until(cmd, paths, timeout=400):
     while proc.poll() is None and not all(os.path.exists(p) for p in paths) and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)  # into the next step, so the kill may race its saves
+    if proc.poll() is not None:  # it ended by itself: nothing to kill; say how it ended
+        raise AssertionError(f"exited with status {proc.returncode} before the kill:\n{proc.communicate()[0][-5000:]}")
     os.killpg(proc.pid, signal.SIGKILL)
     return proc.communicate()[0]
 
