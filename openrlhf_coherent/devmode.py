@@ -69,6 +69,8 @@ import uuid
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, TypedDict
 
+from openrlhf_coherent.startup import imports_without_gc
+
 logger = logging.getLogger(__name__)
 
 # This process's decision once taken ("cpu": the dev mode's runtime shims are applied; "cuda":
@@ -209,14 +211,16 @@ def settle(device: str, reason: str) -> None:
         "HF-generate rollout engine, object-store weight sync)",
         reason,
     )
-    _skip_unused_optional_imports_in_transformers()
-    _patch_torch_cuda()
-    _patch_replay_buffer_device()
-    _patch_deepspeed_cpu_builds()
-    _patch_rollout_engine()
-    _patch_weight_sync()
-    _patch_policy_update_threads()
-    _patch_fp32_param_dtype()
+    # The shims import torch, DeepSpeed and OpenRLHF's trainer: most of this process's start-up.
+    with imports_without_gc():
+        _skip_unused_optional_imports_in_transformers()
+        _patch_torch_cuda()
+        _patch_replay_buffer_device()
+        _patch_deepspeed_cpu_builds()
+        _patch_rollout_engine()
+        _patch_weight_sync()
+        _patch_policy_update_threads()
+        _patch_fp32_param_dtype()
 
 
 def apply() -> None:
