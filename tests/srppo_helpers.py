@@ -119,8 +119,37 @@ def remove_ray_cluster(temp_dir):
 
     for signal_name in ("-TERM", "-KILL"):
         pids = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
+        pids += processes_working_in(temp_dir)  # a job's entrypoint and its children (the job's working_dir)
         for pid in pids:
             subprocess.run(["kill", signal_name, pid], capture_output=True)
         if pids:
             time.sleep(1)
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def processes_working_in(folder):
+    """PIDs of the processes whose working directory is `folder` or below it: a `ray job submit`
+    job's entrypoint and its children run in the working_dir Ray unpacked under the cluster's temp
+    dir, and name it nowhere on their command lines."""
+    folder = os.path.realpath(folder)
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:  # gone, or not ours to read
+            continue
+        if cwd == folder or cwd.startswith(folder + os.sep):
+            pids.append(pid)
+    return pids
+
+
+def job_driver_logs(temp_dir, tail=4000):
+    """The end of every Ray job driver log under a cluster's temp dir (what `ray job logs` shows),
+    for a failure message: read before the cluster's temp dir is deleted."""
+    import glob
+
+    parts = []
+    for path in sorted(glob.glob(os.path.join(temp_dir, "session_*", "logs", "job-driver-*.log"))):
+        with open(path, errors="replace") as f:
+            parts.append(f"--- {os.path.basename(path)} (last {tail} characters)\n{f.read()[-tail:]}")
+    return "\n".join(parts) or f"(no job driver log under {temp_dir})"

@@ -119,27 +119,24 @@ def test_apply_is_idempotent_and_logs_once():
             assert vllm_engine.RolloutRayActor is CpuRolloutActor
             assert torch.zeros(1).to(torch.cuda.current_device()).device.type == "cpu"
             torch.cuda.synchronize(); torch.cuda.empty_cache(); torch.cuda.set_device(0)
-            # The shims' imports ran with the collector paused (openrlhf_coherent.startup): it runs
-            # again, and what they built is frozen (hundreds of thousands of objects).
+            # The shims' imports ran with the collector paused (openrlhf_coherent.startup): it runs again.
             import gc
-            assert gc.isenabled() and gc.get_freeze_count() > 100_000, gc.get_freeze_count()
+            assert gc.isenabled() and gc.get_freeze_count() == 0
         """
     )
     expected = 1 if devmode.cpu_mode() else 0
     assert result.stderr.count("openrlhf_coherent dev mode") == expected, result.stderr
 
 
-def test_imports_without_gc_restores_the_collector_and_freezes_what_was_built():
+def test_imports_without_gc_pauses_the_collector_and_restores_its_state():
     import gc
 
     from openrlhf_coherent.startup import imports_without_gc
 
-    frozen = gc.get_freeze_count()
     try:
         with imports_without_gc():
             assert not gc.isenabled()
-            built = [[i] for i in range(1000)]
-        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(built)
+        assert gc.isenabled()
         gc.disable()  # a caller that had paused it keeps it paused, also when the block raises
         with pytest.raises(ImportError):
             with imports_without_gc():
@@ -147,7 +144,6 @@ def test_imports_without_gc_restores_the_collector_and_freezes_what_was_built():
         assert not gc.isenabled()
     finally:
         gc.enable()
-        gc.unfreeze()  # this pytest process's objects are collectable again
 
 
 def test_ray_init_settings(monkeypatch):

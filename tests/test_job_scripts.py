@@ -17,7 +17,7 @@ import tempfile
 
 import pytest
 
-from srppo_helpers import free_ports, remove_ray_cluster
+from srppo_helpers import free_ports, job_driver_logs, remove_ray_cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "examples", "scripts")
@@ -169,7 +169,11 @@ def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
              "runtime-env-agent-port", "metrics-export-port"), extra)),
     }  # fmt: skip
     try:
-        proc = run_script(SLURM, env, timeout=900)
+        try:
+            # Below pytest's own 600 s, so that a hang shows the job's log instead of a bare timeout.
+            proc = run_script(SLURM, env, timeout=500)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"the Slurm script did not finish in {e.timeout} s\n{job_driver_logs(ray_tmp)}") from None
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-6000:]
         assert "srppo_slurm: Ray cluster up: 1 node(s), 5 GPU(s) each" in out
