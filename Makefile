@@ -19,6 +19,7 @@ bench: bench-venv
 	$(PY) -m benchmarks.vs_trl
 	$(PY) -m benchmarks.engine_throughput
 	$(PY) -m benchmarks.memory_8b
+	$(PY) -m benchmarks.startup_imports
 
 # Two pytest-xdist workers, each taking whole test files, longest first (tests/conftest.py,
 # LONGEST_FILES_FIRST; --no-loadscope-reorder keeps that order instead of xdist's most-tests-first).

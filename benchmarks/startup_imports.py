@@ -7,8 +7,8 @@ and without (the pause replaced by a no-op).
     python -m benchmarks.startup_imports --quick     # smoke run
 
 Each sample is a fresh interpreter (`python -c ...`, OMP_NUM_THREADS=1 as in the tests) that
-imports Ray, runs the worker's set-up and reports its own CPU time (user + system, from
-`resource.getrusage`); the two variants alternate so machine noise hits them alike. A tiny PPO run
+imports Ray, runs the worker's set-up, collects garbage once (so that the paused variant pays for
+what the pause deferred) and reports its own CPU time (user + system, from `resource.getrusage`); the two variants alternate so machine noise hits them alike. A tiny PPO run
 starts 6 such workers and a driver that imports the same packages.
 """
 
@@ -26,13 +26,14 @@ from benchmarks.common import fmt_spread, loadavg, machine, machine_line, spread
 # One role worker's start-up, as Ray runs it: import ray, then the set-up hook (devmode.worker_setup
 # with the driver's decision "cpu", which calls settle). PAUSE=0 swaps the pause for a no-op.
 SNIPPET = """
-import contextlib, json, os, resource, time
+import contextlib, gc, json, os, resource, time
 wall = time.time()
 import ray
 from openrlhf_coherent import devmode
 if os.environ["PAUSE"] == "0":
     devmode.imports_without_gc = contextlib.nullcontext
 devmode.worker_setup()
+gc.collect()  # both variants pay for a full collection of what the imports built (the pause only defers it)
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.time() - wall}))
 """

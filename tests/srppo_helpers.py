@@ -113,7 +113,7 @@ def free_ports(n):
 def remove_ray_cluster(temp_dir):
     """Stop a test's own `ray start` cluster and delete its temp dir. Not `ray stop`: that stops
     every Ray on the machine (another test's, a user's), whatever its temp dir. Each process of the
-    cluster names the temp dir on its command line."""
+    cluster names the temp dir on its command line; a job's processes work in it."""
     import shutil
     import time
 
@@ -149,7 +149,8 @@ def job_driver_logs(temp_dir, tail=4000):
     import glob
 
     parts = []
-    for path in sorted(glob.glob(os.path.join(temp_dir, "session_*", "logs", "job-driver-*.log"))):
+    paths = glob.glob(os.path.join(temp_dir, "session_*", "logs", "job-driver-*.log"))
+    for path in sorted({os.path.realpath(p) for p in paths}):  # session_latest links to the session
         with open(path, errors="replace") as f:
             parts.append(f"--- {os.path.basename(path)} (last {tail} characters)\n{f.read()[-tail:]}")
     return "\n".join(parts) or f"(no job driver log under {temp_dir})"

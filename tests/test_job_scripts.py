@@ -17,7 +17,7 @@ import tempfile
 
 import pytest
 
-from srppo_helpers import free_ports, job_driver_logs, remove_ray_cluster
+from srppo_helpers import free_ports, job_driver_logs, processes_working_in, remove_ray_cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "examples", "scripts")
@@ -173,7 +173,12 @@ def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
             # Below pytest's own 600 s, so that a hang shows the job's log instead of a bare timeout.
             proc = run_script(SLURM, env, timeout=500)
         except subprocess.TimeoutExpired as e:
-            raise AssertionError(f"the Slurm script did not finish in {e.timeout} s\n{job_driver_logs(ray_tmp)}") from None
+            script_out = "".join(
+                (part.decode(errors="replace") if isinstance(part, bytes) else part or "")[-3000:] for part in (e.stdout, e.stderr)
+            )
+            raise AssertionError(
+                f"the Slurm script did not finish in {e.timeout} s\n{script_out}\n{job_driver_logs(ray_tmp)}"
+            ) from None
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-6000:]
         assert "srppo_slurm: Ray cluster up: 1 node(s), 5 GPU(s) each" in out
@@ -184,6 +189,7 @@ def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
         assert {json.loads(line)["step"] for line in open(recipe / "rollouts.jsonl")} == {1, 2}
         # Ray stopped with the script: no process of this cluster is left.
         left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+        left += processes_working_in(ray_tmp)  # the job's driver and its stages
         assert not left, f"Ray processes left running: {left}"
     finally:
         remove_ray_cluster(ray_tmp)
