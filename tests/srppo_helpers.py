@@ -154,3 +154,12 @@ def job_driver_logs(temp_dir, tail=4000):
         with open(path, errors="replace") as f:
             parts.append(f"--- {os.path.basename(path)} (last {tail} characters)\n{f.read()[-tail:]}")
     return "\n".join(parts) or f"(no job driver log under {temp_dir})"
+
+
+def command_line(pid):
+    """`PID: command line` of a process, for failure messages."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f"{pid}: " + f.read().replace(b"\0", b" ").decode(errors="replace")[:300]
+    except OSError:
+        return f"{pid}: (gone)"
