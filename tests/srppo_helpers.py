@@ -118,13 +118,19 @@ def remove_ray_cluster(temp_dir):
     import time
 
     for signal_name in ("-TERM", "-KILL"):
-        pids = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
-        pids += processes_working_in(temp_dir)  # a job's entrypoint and its children (the job's working_dir)
+        pids = cluster_processes(temp_dir)
         for pid in pids:
             subprocess.run(["kill", signal_name, pid], capture_output=True)
         if pids:
             time.sleep(1)
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def cluster_processes(temp_dir):
+    """PIDs of a `ray start` cluster's processes (each names its temp dir on its command line) and
+    of its jobs' processes (which work in the job's working_dir, unpacked under that temp dir)."""
+    pids = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
+    return sorted(set(pids) | set(processes_working_in(temp_dir)), key=int)
 
 
 def processes_working_in(folder):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from srppo_helpers import command_line, free_ports, job_driver_logs, processes_working_in, remove_ray_cluster
+from srppo_helpers import cluster_processes, command_line, free_ports, job_driver_logs, remove_ray_cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "examples", "scripts")
@@ -194,8 +194,7 @@ def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
         # in one suite run): give them a minute.
         deadline = time.time() + 60
         while True:
-            left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
-            left += processes_working_in(ray_tmp)
+            left = cluster_processes(ray_tmp)
             if not left or time.time() > deadline:
                 break
             time.sleep(1)
