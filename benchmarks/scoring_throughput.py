@@ -44,16 +44,25 @@ from openrlhf_coherent.scoring import plan_batches, response_log_probs
 Pair = Tuple[List[int], List[int]]
 
 
-def build_model(vocab: int, hidden: int, layers: int, seed: int, device, dtype):
+def build_model(vocab: int, hidden: int, layers: int, seed: int, device, dtype, intermediate=None, kv_heads=None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    heads = max(hidden // 64, 1)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-        num_attention_heads=max(hidden // 64, 1), num_key_value_heads=max(hidden // 64, 1),
-        max_position_embeddings=2048, tie_word_embeddings=False, attn_implementation="sdpa",
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or hidden * 8 // 3, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=8192, tie_word_embeddings=False, attn_implementation="sdpa",
     )  # fmt: skip
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
+    # Built where it runs, in its dtype: an 8B model initialised in fp32 on the host would take
+    # 32 GB and minutes before the GPU does anything.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
 
 
 def make_pairs(kind: str, rows: int, mean_prompt: int, mean_response: int, vocab: int, seed: int) -> List[Pair]:
@@ -122,6 +131,8 @@ def main(argv=None) -> None:
     p.add_argument("--vocab", type=int, default=16000)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=None, help="MLP width (default 8/3 x hidden; Llama-3-8B: 14336)")
+    p.add_argument("--kv_heads", type=int, default=None, help="key/value heads (default: as many as query heads; Llama-3-8B: 8)")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--mean_prompt", type=int, default=64)
     p.add_argument("--mean_response", type=int, default=64)
@@ -138,7 +149,8 @@ def main(argv=None) -> None:
     peak_size = args.peak_size or (8192 if device.type == "cuda" else (1024 if args.quick else 2048))
 
     load_start = loadavg()
-    models = {name: build_model(args.vocab, args.hidden, args.layers, seed, device, dtype) for name, seed in (("sft", 1), ("base", 0))}
+    shape = (args.vocab, args.hidden, args.layers)
+    models = {name: build_model(*shape, seed, device, dtype, args.intermediate, args.kv_heads) for name, seed in (("sft", 1), ("base", 0))}
     n_matmul = sum(q.numel() for q in models["base"].parameters()) - models["base"].get_input_embeddings().weight.numel()
     mean_len = args.mean_prompt + args.mean_response
     rows_per_batch = max(args.batch_tokens // mean_len, 1)

@@ -2,16 +2,24 @@
 # GPU smoke test, after installing on one CUDA GPU (see README "Installing on a GPU cluster"):
 #   bash scripts/gpu_smoke.sh            # writes gpu_smoke_out/
 # 1. pytest -m gpu: the coherent actor's scoring in bf16 against fp32 and against OpenRLHF's Actor
-#    forward; two SRPPO steps through vLLM when vLLM is installed.
-# 2. The scorer benchmark on CUDA at Llama-3-8B width and vocabulary (hidden 4096, vocab 128256;
-#    LAYERS layers, default 32): compare the score path's tokens/s with the best plain row.
-# Never run by the authors (no GPU was available): please report what it prints.
-set -euo pipefail
+#    forward, plainly and inside a DeepSpeed bf16 eval engine (ZeRO-0 and ZeRO-3); two SRPPO steps
+#    through vLLM when vLLM is installed.
+# 2. The scorer benchmark on CUDA at Llama-3-8B's shape (hidden 4096, MLP 14336, 8 key/value heads,
+#    vocab 128256; LAYERS layers, default 32): two such models in bf16 take 32 GB, the plain rows'
+#    full-vocabulary logits up to about 26 GB more with BATCH_TOKENS=4096. Compare the score path's
+#    tokens/s with the best plain row.
+# Both parts run even if the first fails; the exit status is non-zero if either failed.
+set -uo pipefail
 PYTHON=${PYTHON:-python}
 LAYERS=${LAYERS:-32}
+BATCH_TOKENS=${BATCH_TOKENS:-4096}
 OUT=${OUT:-gpu_smoke_out}
 mkdir -p "$OUT"
-"$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu_smoke: no CUDA GPU visible")'
-OPENRLHF_COHERENT_DEVICE=cuda "$PYTHON" -m pytest -m gpu -q -rs -s tests/test_gpu_smoke.py 2>&1 | tee "$OUT/pytest.txt"
-"$PYTHON" -m benchmarks.scoring_throughput --device cuda --hidden 4096 --vocab 128256 --layers "$LAYERS" \
-  --out "$OUT/scoring_throughput_cuda.json" 2>&1 | tee "$OUT/scoring_throughput.txt"
+"$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu_smoke: no CUDA GPU visible")' || exit 1
+status=0
+OPENRLHF_COHERENT_DEVICE=cuda "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cacheprovider tests/test_gpu_smoke.py 2>&1 \
+  | tee "$OUT/pytest.txt" || status=1
+"$PYTHON" -m benchmarks.scoring_throughput --device cuda --vocab 128256 --hidden 4096 --intermediate 14336 --kv_heads 8 \
+  --layers "$LAYERS" --rows 256 --mean_prompt 128 --mean_response 128 --batch_tokens "$BATCH_TOKENS" \
+  --out "$OUT/scoring_throughput_cuda.json" 2>&1 | tee "$OUT/scoring_throughput.txt" || status=1
+exit $status
