@@ -8,7 +8,8 @@
 #    vocab 128256; LAYERS layers, default 32): two such models in bf16 take 32 GB, the plain rows'
 #    full-vocabulary logits up to about 26 GB more with BATCH_TOKENS=4096. Compare the score path's
 #    tokens/s with the best plain row.
-# Both parts run even if the first fails; the exit status is non-zero if either failed.
+# 3. The coherent actor's forward against OpenRLHF's on one micro-batch at that shape (time, peak memory).
+# Every part runs even if an earlier one fails; the exit status is non-zero if any failed.
 set -uo pipefail
 PYTHON=${PYTHON:-python}
 LAYERS=${LAYERS:-32}
@@ -22,4 +23,6 @@ OPENRLHF_COHERENT_DEVICE=cuda "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cachepr
 "$PYTHON" -m benchmarks.scoring_throughput --device cuda --vocab 128256 --hidden 4096 --intermediate 14336 --kv_heads 8 \
   --layers "$LAYERS" --rows 256 --mean_prompt 128 --mean_response 128 --batch_tokens "$BATCH_TOKENS" \
   --out "$OUT/scoring_throughput_cuda.json" 2>&1 | tee "$OUT/scoring_throughput.txt" || status=1
+"$PYTHON" -m benchmarks.reward_forward --device cuda --layers "$LAYERS" --out "$OUT/reward_forward_cuda.json" 2>&1 \
+  | tee "$OUT/reward_forward.txt" || status=1
 exit $status

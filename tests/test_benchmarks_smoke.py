@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/ is not installed
 
-from benchmarks import engine_throughput, memory_8b, reward_overhead, scoring_throughput, vs_trl
+from benchmarks import engine_throughput, memory_8b, reward_forward, reward_overhead, scoring_throughput, vs_trl
 from openrlhf_coherent.cli.train_ppo_ray import parse_args
 
 
@@ -24,6 +24,15 @@ def test_scoring_throughput_runs_and_agrees_with_plain(tmp_path):
         assert set(impls) == {"plain", "plain sorted", "score path"}
         assert all(s["tokens_per_s"]["median"] > 0 for s in impls.values())
     assert record["matmul_peak_flops_per_s"] > 0 and len(record["loadavg_start"]) == 3
+
+
+def test_reward_forward_runs_and_agrees_with_openrlhf(tmp_path):
+    out = tmp_path / "reward_forward.json"
+    # main() exits non-zero if the coherent actor's log-probs differ from OpenRLHF's forward.
+    reward_forward.main(["--quick", "--out", str(out)])
+    (lengths,) = json.loads(out.read_text())["results"].values()
+    assert set(lengths) == {"openrlhf forward", "coherent actor"}
+    assert all(s["seconds"]["min"] > 0 for s in lengths.values())
 
 
 def test_engine_throughput_runs_both_sides(tmp_path):
