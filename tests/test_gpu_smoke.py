@@ -31,6 +31,25 @@ def real_shaped_llama(path, vocab=32000, hidden=1024, layers=8):
     return path
 
 
+def experience_and_fp32_sums(path):
+    """OpenRLHF-layout experience on CUDA (4 rows of 512 tokens, one left-padded, 128-token
+    responses, one finished early) and each row's summed response log-probs under the fp32 model."""
+    from transformers import AutoModelForCausalLM
+
+    from openrlhf_coherent.scoring import action_log_probs
+
+    torch.manual_seed(0)
+    sequences = torch.randint(10, 32000, (4, 512), device="cuda")
+    attention_mask = torch.ones_like(sequences)
+    attention_mask[1, :100] = 0  # left padding
+    action_mask = torch.zeros(4, 511, dtype=torch.long, device="cuda")
+    action_mask[:, 383:] = 1  # 128-token responses
+    action_mask[2, 450:] = 0  # one finished early
+    fp32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
+    batch = (sequences, attention_mask, action_mask)
+    return batch, action_log_probs(fp32, *batch).sum(-1)
+
+
 def test_coherent_actor_scoring_in_bf16_against_fp32(tmp_path):
     """The coherent actor's scoring call (`scoring.action_log_probs`) in bf16 on CUDA against the
     same model in fp32, and against OpenRLHF's Actor forward in bf16 (the reference-model path whose
@@ -41,16 +60,8 @@ def test_coherent_actor_scoring_in_bf16_against_fp32(tmp_path):
     from openrlhf_coherent.scoring import action_log_probs
 
     path = real_shaped_llama(str(tmp_path / "m"))
-    torch.manual_seed(0)
-    sequences = torch.randint(10, 32000, (4, 512), device="cuda")
-    attention_mask = torch.ones_like(sequences)
-    attention_mask[1, :100] = 0  # left padding
-    action_mask = torch.zeros(4, 511, dtype=torch.long, device="cuda")
-    action_mask[:, 383:] = 1  # 128-token responses
-    action_mask[2, 450:] = 0  # one finished early
-    fp32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
+    (sequences, attention_mask, action_mask), expected = experience_and_fp32_sums(path)
     bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
-    expected = action_log_probs(fp32, sequences, attention_mask, action_mask).sum(-1)
     got = action_log_probs(bf16, sequences, attention_mask, action_mask).sum(-1)
     actor = Actor(bf16, temperature=1.0)
     actor.packing_samples = False
@@ -85,24 +96,13 @@ def test_coherent_actor_model_path_in_a_deepspeed_bf16_engine(tmp_path, monkeypa
     import deepspeed
     from openrlhf.models import Actor
     from openrlhf.utils.deepspeed.deepspeed_utils import get_eval_ds_config
-    from transformers import AutoModelForCausalLM
 
     from openrlhf_coherent.reward import check_finite_log_probs
     from openrlhf_coherent.scoring import accepts_logits_to_keep, action_log_probs
 
     distributed_env(monkeypatch)
     path = real_shaped_llama(str(tmp_path / "m"))
-    torch.manual_seed(0)
-    sequences = torch.randint(10, 32000, (4, 512), device="cuda")
-    attention_mask = torch.ones_like(sequences)
-    attention_mask[1, :100] = 0  # left padding
-    action_mask = torch.zeros(4, 511, dtype=torch.long, device="cuda")
-    action_mask[:, 383:] = 1  # 128-token responses
-    action_mask[2, 450:] = 0  # one finished early
-    fp32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).cuda().eval()
-    expected = action_log_probs(fp32, sequences, attention_mask, action_mask).sum(-1)
-    del fp32
-
+    (sequences, attention_mask, action_mask), expected = experience_and_fp32_sums(path)
     ds_config = get_eval_ds_config(offload=False, stage=zero_stage, param_dtype="bf16")
     ds_config["train_micro_batch_size_per_gpu"], ds_config["train_batch_size"] = 4, 4
     actor = Actor(path, attn_implementation="sdpa", param_dtype="bf16", ds_config=ds_config, temperature=1.0)
