@@ -38,6 +38,15 @@ def machine() -> Dict:
     info["torch"] = torch.__version__
     info["torch_threads"] = torch.get_num_threads()
     info["cuda"] = torch.cuda.is_available() and torch.cuda.get_device_name(0)
+    # Installed distributions, read from their metadata (nothing imported); None = not installed.
+    # flash-attn None means OpenRLHF ran with an import stand-in and its non-flash-attn code paths.
+    from importlib import metadata
+
+    for dist in ("transformers", "deepspeed", "openrlhf", "ray", "vllm", "flash-attn"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
     return info
 
 
@@ -73,6 +82,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def write_result(name: str, record: Dict, out: Optional[str] = None) -> str:
+    record.setdefault("written_at_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     path = out or os.path.join(RESULTS_DIR, f"{name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

@@ -44,10 +44,10 @@ from openrlhf_coherent.scoring import plan_batches, response_log_probs
 Pair = Tuple[List[int], List[int]]
 
 
-def build_model(vocab: int, hidden: int, layers: int, seed: int, device, dtype, intermediate=None, kv_heads=None):
+def build_model(vocab: int, hidden: int, layers: int, seed: int, device, dtype, intermediate=None, kv_heads=None, heads=None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    heads = max(hidden // 64, 1)
+    heads = heads or max(hidden // 64, 1)
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or hidden * 8 // 3, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
@@ -132,6 +132,7 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--intermediate", type=int, default=None, help="MLP width (default 8/3 x hidden; Llama-3-8B: 14336)")
+    p.add_argument("--heads", type=int, default=None, help="query heads (default: hidden / 64; Llama-3-8B: 32, of 128)")
     p.add_argument("--kv_heads", type=int, default=None, help="key/value heads (default: as many as query heads; Llama-3-8B: 8)")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--mean_prompt", type=int, default=64)
@@ -150,7 +151,8 @@ def main(argv=None) -> None:
 
     load_start = loadavg()
     shape = (args.vocab, args.hidden, args.layers)
-    models = {name: build_model(*shape, seed, device, dtype, args.intermediate, args.kv_heads) for name, seed in (("sft", 1), ("base", 0))}
+    sizes = (args.intermediate, args.kv_heads, args.heads)
+    models = {name: build_model(*shape, seed, device, dtype, *sizes) for name, seed in (("sft", 1), ("base", 0))}
     n_matmul = sum(q.numel() for q in models["base"].parameters()) - models["base"].get_input_embeddings().weight.numel()
     mean_len = args.mean_prompt + args.mean_response
     rows_per_batch = max(args.batch_tokens // mean_len, 1)

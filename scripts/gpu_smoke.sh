@@ -4,20 +4,26 @@
 # 1. pytest -m gpu: the coherent actor's scoring in bf16 against fp32 and against OpenRLHF's Actor
 #    forward, plainly and inside a DeepSpeed bf16 eval engine (ZeRO-0 and ZeRO-3); two SRPPO steps
 #    through vLLM when vLLM is installed.
-# 2. The scorer benchmark on CUDA at Llama-3-8B's shape (hidden 4096, MLP 14336, 8 key/value heads,
-#    vocab 128256; LAYERS layers, default 32): two such models in bf16 take 32 GB, the plain rows'
+# 2. The scorer benchmark on CUDA near Llama-3-8B's shape (hidden 4096, MLP 14336, vocab 128256,
+#    8 key/value heads, LAYERS layers, default 32; but 64 query heads of 64 where Llama-3-8B has 32
+#    of 128, as in the README's recorded run): two such models in bf16 take 32 GB, the plain rows'
 #    full-vocabulary logits up to about 26 GB more with BATCH_TOKENS=4096. Compare the score path's
 #    tokens/s with the best plain row.
-# 3. The coherent actor's forward against OpenRLHF's on one micro-batch at that shape (time, peak memory).
+# 3. The coherent actor's forward against OpenRLHF's on one micro-batch at Llama-3-8B's shape (time,
+#    peak memory).
+# versions.txt records the GPU and the installed versions (flash-attn absent: OpenRLHF's fallbacks ran).
 # Every part runs even if an earlier one fails; the exit status is non-zero if any failed.
 set -uo pipefail
 PYTHON=${PYTHON:-python}
 LAYERS=${LAYERS:-32}
 BATCH_TOKENS=${BATCH_TOKENS:-4096}
 OUT=${OUT:-gpu_smoke_out}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 1
+cd "$(dirname "$0")/.." || exit 1  # the repository's root: tests/ and benchmarks/ are there
 "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu_smoke: no CUDA GPU visible")' || exit 1
 status=0
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  "$PYTHON" -m pip list 2>/dev/null | grep -i -E '^(torch|transformers|deepspeed|openrlhf|ray|vllm|flash.attn) '; } > "$OUT/versions.txt"
 OPENRLHF_COHERENT_DEVICE=cuda "$PYTHON" -m pytest -m gpu -q -rs -s -p no:cacheprovider tests/test_gpu_smoke.py 2>&1 \
   | tee "$OUT/pytest.txt" || status=1
 "$PYTHON" -m benchmarks.scoring_throughput --device cuda --vocab 128256 --hidden 4096 --intermediate 14336 --kv_heads 8 \

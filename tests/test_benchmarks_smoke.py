@@ -31,8 +31,10 @@ def test_reward_forward_runs_and_agrees_with_openrlhf(tmp_path):
     # main() exits non-zero if the coherent actor's log-probs differ from OpenRLHF's forward.
     reward_forward.main(["--quick", "--out", str(out)])
     (lengths,) = json.loads(out.read_text())["results"].values()
-    assert set(lengths) == {"openrlhf forward", "coherent actor"}
-    assert all(s["seconds"]["min"] > 0 for s in lengths.values())
+    assert set(lengths["impls"]) == {"openrlhf forward", "coherent actor"}
+    assert all(s["seconds"]["min"] > 0 for s in lengths["impls"].values())
+    # right-padded rows: logits are kept from the shortest prompt's response on, not for every position
+    assert lengths["logit_positions"]["coherent actor"] < lengths["logit_positions"]["openrlhf forward"] == lengths["width"]
 
 
 def test_engine_throughput_runs_both_sides(tmp_path):
