@@ -26,7 +26,7 @@ def ray_cluster():
 
 
 def openrlhf_batch(tokenizer, pairs):
-    """Samples in OpenRLHF's layout: one [prompt | response] row each, concatenated (left-padded)
+    """Samples in OpenRLHF's layout: one [prompt | response] row each, concatenated (right-padded)
     by OpenRLHF's own Experience.concat_experiences; action_mask aligned to sequences[:, 1:]."""
     from openrlhf.trainer.ppo_utils.experience import Experience
 
@@ -104,7 +104,7 @@ def test_actor_group_matches_plain_transformers_in_fp32(tiny_models, ray_cluster
 
 def test_head_on_responses_only_equals_openrlhf_actor_forward(tiny_models):
     """scoring.action_log_probs (the actor's forward: logits of the response window only) against
-    OpenRLHF's own Actor.forward on the same left-padded batch: full-length action masks, a shorter
+    OpenRLHF's own Actor.forward on the same right-padded batch: full-length action masks, a shorter
     last-A window, and a masked-out tail (a response that ended early)."""
     from openrlhf.models import Actor
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,8 +1,8 @@
 """GPU smoke test for users, after installing on one CUDA GPU: `pytest -m gpu tests/test_gpu_smoke.py`
 (or `bash scripts/gpu_smoke.sh`, which also runs the scorer benchmark). Skips without CUDA.
 
-Run twice by the authors, on one H200 (2026-11-30, in-process: no Ray or vLLM on that machine):
-3 passed, the vLLM test skipped. The output is in `benchmarks/results/gpu_smoke_h200/`.
+Run by the authors on one H200 (2026-11-30, in-process: no Ray or vLLM on that machine): 3 passed,
+the vLLM test skipped (`benchmarks/results/gpu_smoke_h200/run3/`).
 """
 
 import importlib.util
