@@ -32,7 +32,7 @@ import torch
 
 from benchmarks.common import fmt_spread, loadavg, machine, machine_line, spread, table, write_result
 from benchmarks.scoring_throughput import build_model, sync
-from openrlhf_coherent.scoring import action_log_probs
+from openrlhf_coherent.scoring import action_log_probs, first_response_position
 
 
 def experience(rows: int, prompt: int, response: int, vocab: int, device, seed: int = 0):
@@ -73,11 +73,11 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
     # Model shape: Llama-3-8B's on CUDA; on a CPU, the scorer benchmark's 512x4 with a 16k vocabulary.
-    p.add_argument("--heads", type=int, default=None, help="query heads: default 32 on CUDA, hidden / 64 on CPU")
     p.add_argument("--vocab", type=int, default=None, help="default: 128256 on CUDA, 16000 on CPU")
     p.add_argument("--hidden", type=int, default=None, help="default: 4096 on CUDA, 512 on CPU")
     p.add_argument("--layers", type=int, default=None, help="default: 32 on CUDA, 4 on CPU")
     p.add_argument("--intermediate", type=int, default=None, help="default: 14336 on CUDA, 8/3 x hidden on CPU")
+    p.add_argument("--heads", type=int, default=None, help="query heads: default 32 on CUDA, hidden / 64 on CPU")
     p.add_argument("--kv_heads", type=int, default=None, help="default: 8 on CUDA, one per query head on CPU")
     p.add_argument("--rows", type=int, default=8, help="rows per micro-batch (--rollout.micro_batch_size)")
     p.add_argument("--lengths", default="1024:256,512:512,256:1024,2048:512", help="prompt:response pairs, comma-separated")
@@ -94,8 +94,9 @@ def main(argv=None) -> None:
         args.rows, args.lengths, args.repeats = 4, "48:16", 1
     try:
         lengths = [tuple(int(x) for x in pair.split(":")) for pair in args.lengths.split(",")]
-        assert lengths and all(len(pair) == 2 and min(pair) >= 2 for pair in lengths)
-    except (ValueError, AssertionError):
+    except ValueError:
+        lengths = []
+    if not lengths or not all(len(pair) == 2 and min(pair) >= 2 for pair in lengths):
         p.error(f"--lengths must be prompt:response pairs of at least 2 tokens each, got {args.lengths!r}")
     from openrlhf_coherent import devmode
 
@@ -125,7 +126,7 @@ def main(argv=None) -> None:
             if max_diff > (1e-4 if dtype == torch.float32 else 0.05):
                 sys.exit(f"{prompt}:{response}: the coherent actor's log-probs differ from OpenRLHF's forward by up to {max_diff:.3g}")
             del want, got
-            first = int(batch[2].bool().any(dim=0).nonzero()[0])
+            first = first_response_position(batch[2])
             samples = {name: {"seconds": [], "peak_bytes": []} for name in impls}
             for _ in range(args.repeats):
                 for name, impl in impls.items():

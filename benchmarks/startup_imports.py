@@ -8,8 +8,9 @@ and without (the pause replaced by a no-op).
 
 Each sample is a fresh interpreter (`python -c ...`, OMP_NUM_THREADS=1 as in the tests) that
 imports Ray, runs the worker's set-up, collects garbage once (so that the paused variant pays for
-what the pause deferred) and reports its own CPU time (user + system, from `resource.getrusage`); the two variants alternate so machine noise hits them alike. A tiny PPO run
-starts 6 such workers and a driver that imports the same packages.
+what the pause deferred) and reports its own CPU time (user + system, from `resource.getrusage`);
+the two variants alternate so machine noise hits them alike. A tiny PPO run starts 6 such workers
+and a driver that imports the same packages.
 """
 
 from __future__ import annotations

@@ -37,6 +37,13 @@ def test_reward_forward_runs_and_agrees_with_openrlhf(tmp_path):
     assert lengths["logit_positions"]["coherent actor"] < lengths["logit_positions"]["openrlhf forward"] == lengths["width"]
 
 
+@pytest.mark.parametrize("lengths", ["5", "64:x", "64:1", ""])
+def test_reward_forward_bad_lengths_fail_before_any_model_is_built(lengths, capsys):
+    with pytest.raises(SystemExit) as e:
+        reward_forward.main(["--lengths", lengths])
+    assert e.value.code == 2 and "--lengths must be prompt:response pairs" in capsys.readouterr().err
+
+
 def test_engine_throughput_runs_both_sides(tmp_path):
     out = tmp_path / "engine.json"
     engine_throughput.main(["--quick", "--out", str(out)])
