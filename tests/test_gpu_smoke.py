@@ -85,12 +85,9 @@ def test_coherent_actor_scoring_in_bf16_against_fp32(tmp_path):
 
 def distributed_env(monkeypatch):
     """One rank, for DeepSpeed's `init_distributed` outside a launcher (kept if a launcher set them)."""
-    import socket
+    from openrlhf_coherent.launch import single_process_env
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+    for name, value in single_process_env().items():
         if name not in os.environ:
             monkeypatch.setenv(name, value)
     torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
