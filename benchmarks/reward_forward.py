@@ -123,7 +123,7 @@ def main(argv=None) -> None:
             # the smaller head matmul may round differently (a few hundredths of a nat at most seen).
             want, got = (impl(*batch).float() for impl in impls.values())
             max_diff = float((got - want).abs().max())
-            if max_diff > (1e-4 if dtype == torch.float32 else 0.05):
+            if not max_diff <= (1e-4 if dtype == torch.float32 else 0.05):  # `not <=`: a NaN fails too
                 sys.exit(f"{prompt}:{response}: the coherent actor's log-probs differ from OpenRLHF's forward by up to {max_diff:.3g}")
             del want, got
             first = first_response_position(batch[2])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke test, after installing on one CUDA GPU (see README "Installing on a GPU cluster"):
-#   bash scripts/gpu_smoke.sh            # writes gpu_smoke_out/
+#   bash scripts/gpu_smoke.sh            # writes gpu_smoke_out/ (OUT=folder: another; never one that holds files)
 # 1. pytest -m gpu: the coherent actor's scoring in bf16 against fp32 and against OpenRLHF's Actor
 #    forward, plainly and inside a DeepSpeed bf16 eval engine (ZeRO-0 and ZeRO-3); two SRPPO steps
 #    through vLLM when vLLM is installed.
@@ -18,6 +18,10 @@ PYTHON=${PYTHON:-python}
 LAYERS=${LAYERS:-32}
 BATCH_TOKENS=${BATCH_TOKENS:-4096}
 OUT=${OUT:-gpu_smoke_out}
+if [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then  # a finished run's results are never overwritten
+  echo "gpu_smoke: OUT=$OUT already holds files; pass a new folder (OUT=gpu_smoke_out2 bash $0)" >&2
+  exit 2
+fi
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 1
 cd "$(dirname "$0")/.." || exit 1  # the repository's root: tests/ and benchmarks/ are there
 "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu_smoke: no CUDA GPU visible")' || exit 1
