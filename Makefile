@@ -5,13 +5,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv bench-venv bench test demo demo-quick demo-sweep demo-real clean
+.PHONY: venv bench-venv bench test test-learning demo demo-quick demo-sweep demo-real clean
 
 venv:
 	bash scripts/install_cpu.sh
 
 bench-venv: venv
-	$(PY) -m pip install --quiet -r requirements/bench.txt
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/bench.lock
 
 bench: bench-venv
 	$(PY) -m benchmarks.reward_overhead --repeats 2 --steps 4
@@ -29,8 +29,27 @@ bench: bench-venv
 # make test TEST_WORKERS=4 (not measured).
 TEST_WORKERS ?= 2
 
+# CPU kernel set of torch, MKL and oneDNN. CPUs differ (AVX-512 or AVX2 only) and each set gives
+# other last bits, so learning outcomes differ by CPU. `native`: what this CPU has; `avx2` and
+# `default` (SSE4 at most) emulate an older CPU on any newer one:
+#   make test CPU_KERNELS=avx2
+CPU_KERNELS ?= native
+KERNELS_native :=
+KERNELS_avx2 := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+KERNELS_default := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41
+ifeq ($(filter $(CPU_KERNELS),native avx2 default),)
+$(error CPU_KERNELS=$(CPU_KERNELS): use native, avx2 or default)
+endif
+KERNEL_ENV := $(KERNELS_$(CPU_KERNELS))
+
 test: venv
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests
+	$(KERNEL_ENV) OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests
+
+# The tests whose assertions are learning outcomes (a hack reproduced, a guard holding) and bit-for-bit
+# repeatability, under another kernel set: CI runs them under the set below this CPU's own.
+LEARNING_TESTS := tests/test_reward_hacking.py tests/test_repeatability.py
+test-learning: venv
+	$(KERNEL_ENV) OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(LEARNING_TESTS)
 
 demo: venv
 	$(PY) -m demo.run --out demo_out

