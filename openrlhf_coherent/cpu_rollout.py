@@ -14,10 +14,19 @@ arrive through `load_weights` (a state dict via the Ray object store, see
 
 Batching, the way vLLM does it: OpenRLHF sends every prompt of a rollout batch at once and its
 executor awaits one `generate` per sample. Each call only queues its request; a batcher task
-waits until arrivals settle, then runs one left-padded `generate` per group of requests with the
-same sampling parameters, in a worker thread so the event loop keeps accepting requests while a
-batch runs. Within a group every request keeps its own `max_tokens` (a per-row stopping
-criterion) and `n`.
+runs one left-padded `generate` per group of requests with the same sampling parameters, in a
+worker thread so the event loop keeps accepting requests while a batch runs. Within a group
+every request keeps its own `max_tokens` (a per-row stopping criterion) and `n`.
+
+Which requests share a batch never depends on timing, so one command repeats bit for bit on one
+machine (a row's floating-point sums depend on its batch's width and size). The driver brackets
+each dispatch (`deterministic_dispatch`): it opens a dispatch on every engine, sends the prompts,
+then tells each engine how many samples it was sent; the engine's batcher waits for exactly
+those and runs them as one batch, rows sorted by (prompt length, prompt, seed). OpenRLHF's
+collection loop takes each prompt's samples as Ray hands them over (`ray.wait`), in an order that
+changes run to run; `dispatch_ordered` restores the dispatch order. Requests outside a dispatch
+(the later turns of a multi-turn agent) are batched by arrival: those that arrive within SETTLE_S
+of each other.
 
 Sampling does not depend on which requests share a batch: each sample draws its randomness from
 its own generator, seeded from (engine seed, prompt token ids, how many times this engine has
@@ -33,6 +42,7 @@ executors need per request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 from collections import Counter
@@ -49,10 +59,13 @@ from openrlhf.trainer.ray.vllm_engine import SingleTurnAgentExecutor, _load_agen
 
 from .remote_code import trust_remote_code_for
 
-# Requests that arrive within this long of each other join one batch (seconds): Ray delivers the
-# calls of one dispatch loop within a few milliseconds; waiting longer only delays the first token.
+# Requests outside a dispatch that arrive within this long of each other join one batch (seconds):
+# Ray delivers the calls of one dispatch loop within a few milliseconds.
 SETTLE_S = 0.02
 SETTLE_MAX_S = 0.25
+# A dispatch whose announced requests stop arriving for this long has lost some (its executor
+# raised before calling `generate`): run what came rather than hang the rollout.
+DISPATCH_STALL_S = 60.0
 # Rows per `generate` call; a rollout batch larger than this runs as several calls.
 MAX_BATCH_ROWS = int(os.environ.get("OPENRLHF_COHERENT_CPU_MAX_BATCH_ROWS", "256"))
 
@@ -121,6 +134,9 @@ class CpuRolloutEngine(vllm_engine.RolloutRayActor.__ray_actor_class__):
         self.max_model_len = getattr(self.model.config, "max_position_embeddings", None)
         self._prompt_counts: Counter = Counter()  # per prompt: samples drawn so far (seeds the next one)
         self._queue: List[tuple] = []  # (request, future) waiting for the next batch
+        # The driver's dispatch bracket (`deterministic_dispatch`): None outside one, -1 while the
+        # driver is still sending, then the number of samples it sent to this engine.
+        self._dispatch: Optional[int] = None
         self._batcher: Optional[asyncio.Task] = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-generate")
         self._num_unfinished = 0
@@ -156,11 +172,39 @@ class CpuRolloutEngine(vllm_engine.RolloutRayActor.__ray_actor_class__):
         digest = hashlib.sha256(f"{self.seed}|{occurrence}|{','.join(map(str, key))}".encode()).digest()
         return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
-    async def _run_batches(self) -> None:
+    # ---- the driver's dispatch bracket (see the module docstring) ------------------------------
+
+    async def open_dispatch(self) -> None:
+        self._dispatch = -1
+
+    async def close_dispatch(self, samples: int) -> None:
+        self._dispatch = samples or None
+        if samples and (self._batcher is None or self._batcher.done()):
+            self._batcher = asyncio.create_task(self._run_batches())
+
+    async def _next_batch(self) -> List[tuple]:
+        """The queued requests of the open dispatch once all have come, else those that settled."""
         loop = asyncio.get_running_loop()
-        while self._queue:
+        if self._dispatch is None:
             await _settle(self._queue)
             batch, self._queue = self._queue, []
+            return batch
+        seen, last_arrival = len(self._queue), loop.time()
+        while self._dispatch == -1 or len(self._queue) < self._dispatch:
+            await asyncio.sleep(0.002)
+            if len(self._queue) != seen:
+                seen, last_arrival = len(self._queue), loop.time()
+            elif self._dispatch != -1 and loop.time() - last_arrival > DISPATCH_STALL_S:
+                break
+        size = min(self._dispatch, len(self._queue)) if self._dispatch != -1 else len(self._queue)
+        batch, self._queue = self._queue[:size], self._queue[size:]
+        self._dispatch = None
+        return batch
+
+    async def _run_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue or (self._dispatch is not None and self._dispatch > 0):
+            batch = await self._next_batch()
             groups: Dict[tuple, list] = {}
             for request, future in batch:
                 groups.setdefault(_group_key(request[1]), []).append((request, future))
@@ -182,8 +226,9 @@ class CpuRolloutEngine(vllm_engine.RolloutRayActor.__ray_actor_class__):
         """Generate every row of requests that share sampling parameters (in the worker thread)."""
         params = requests[0][1]
         rows = [row for _, _, request_rows in requests for row in request_rows]
-        # Similar lengths together: less left padding when a group spans several calls.
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_token_ids))
+        # Similar lengths together (less left padding when a group spans several calls); prompt and
+        # seed break ties, so the rows' order never depends on the order requests arrived in.
+        order = sorted(range(len(rows)), key=lambda i: (len(rows[i].prompt_token_ids), rows[i].prompt_token_ids, rows[i].seed))
         results: List[Optional[CompletionOutput]] = [None] * len(rows)
         for start in range(0, len(order), MAX_BATCH_ROWS):
             chunk = order[start : start + MAX_BATCH_ROWS]
@@ -288,6 +333,66 @@ class CpuRolloutEngine(vllm_engine.RolloutRayActor.__ray_actor_class__):
 
 
 CpuRolloutActor = ray.remote(CpuRolloutEngine)
+
+
+class _CountingEngine:
+    """An engine handle that counts the samples OpenRLHF's dispatch sends through it."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.samples = 0
+        self.generate_responses = self  # OpenRLHF calls `engine.generate_responses.remote(...)`
+
+    def remote(self, **kwargs):
+        self.samples += int(kwargs.get("num_samples", 1))
+        return self.handle.generate_responses.remote(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
+def deterministic_dispatch(dispatch):
+    """Wrap `SamplesGenerator._dispatch_prompts_to_vllm`: the driver's side of the dispatch bracket
+    (module docstring), so the engines batch by dispatch; it also records the prompts' order."""
+
+    @functools.wraps(dispatch)
+    def bracketed(self, prompts, labels, **kwargs):
+        engines = self.vllm_engines
+        ray.get([engine.open_dispatch.remote() for engine in engines])
+        counting = [_CountingEngine(engine) for engine in engines]
+        self.vllm_engines = counting
+        try:
+            refs = dispatch(self, prompts, labels, **kwargs)
+        finally:
+            self.vllm_engines = engines
+            ray.get([c.handle.close_dispatch.remote(c.samples) for c in counting])
+        self.coherent_dispatched = getattr(self, "coherent_dispatched", []) + list(prompts)
+        return refs
+
+    return bracketed
+
+
+def dispatch_ordered(generate):
+    """Wrap `SamplesGenerator._generate_vllm`, which collects each prompt's samples as its Ray
+    object becomes ready (`ray.wait`, whose pick among ready objects follows their random ids):
+    put the prompts' groups back in dispatch order (duplicates of one prompt by their tokens)."""
+
+    @functools.wraps(generate)
+    def ordered(self, *args, **kwargs):
+        self.coherent_dispatched = []
+        experiences, consumed, exhausted = generate(self, *args, **kwargs)
+        n = kwargs.get("n_samples_per_prompt", self.args.rollout.n_samples_per_prompt)
+        groups = [experiences[i : i + n] for i in range(0, len(experiences), n)]
+        position = {}
+        for i, prompt in enumerate(self.coherent_dispatched):
+            position.setdefault(prompt, i)
+        # One prompt per group of n, every prompt dispatched here: else (an agent's own layout) as is.
+        if all(len(g) == n and len({e.prompts[0] for e in g}) == 1 and g[0].prompts[0] in position for g in groups):
+            groups.sort(key=lambda g: (position[g[0].prompts[0]], [e.sequences.tolist() for e in g]))
+            experiences = [e for g in groups for e in g]
+        return experiences, consumed, exhausted
+
+    return ordered
 
 
 # ---- batching -----------------------------------------------------------------------------------

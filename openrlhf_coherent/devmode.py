@@ -25,6 +25,10 @@ Runtime shims (`settle("cpu", ...)`, only in the CPU mode; each names what it pa
     (`torch_adam`) instead of its CPU FusedAdam, another C++ JIT build.
   - `openrlhf.trainer.ray.vllm_engine.RolloutRayActor`: `create_vllm_engines` builds
     `cpu_rollout.CpuRolloutActor` (HF `generate`, OpenRLHF's own executors) instead of vLLM.
+  - `SamplesGenerator._dispatch_prompts_to_vllm` and `_generate_vllm`: the CPU engines batch by
+    dispatch, not by arrival time, and each rollout's samples keep the dispatch order instead of
+    the order Ray hands them over (`cpu_rollout.deterministic_dispatch`, `dispatch_ordered`): a
+    command repeats bit for bit on one machine.
   - `ActorPPOTrainer._init_vllm_sync_group`: no NCCL group to the engines.
   - `ActorPPOTrainer.broadcast_to_vllm`: ship the (ZeRO-3 gathered) state dict to every CPU
     engine through the Ray object store.
@@ -661,11 +665,15 @@ def _may_join_a_cluster() -> bool:
 
 def _patch_rollout_engine() -> None:
     """`create_vllm_engines` reads the module global `RolloutRayActor` at call time."""
+    from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
     from openrlhf.trainer.ray import vllm_engine
 
-    from openrlhf_coherent.cpu_rollout import CpuRolloutActor
+    from openrlhf_coherent.cpu_rollout import CpuRolloutActor, deterministic_dispatch, dispatch_ordered
 
     vllm_engine.RolloutRayActor = CpuRolloutActor
+    if not hasattr(SamplesGenerator._dispatch_prompts_to_vllm, "__wrapped__"):
+        SamplesGenerator._dispatch_prompts_to_vllm = deterministic_dispatch(SamplesGenerator._dispatch_prompts_to_vllm)
+        SamplesGenerator._generate_vllm = dispatch_ordered(SamplesGenerator._generate_vllm)
 
 
 def _patch_weight_sync() -> None:

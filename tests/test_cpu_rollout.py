@@ -187,3 +187,31 @@ def test_generation_runs_off_the_event_loop(engine, monkeypatch):
     first, late = asyncio.run(main())
     assert len(ticks) > 1, "the event loop was blocked while the batch generated"
     assert calls == [1, 1] and first.outputs[0].token_ids == late.outputs[0].token_ids
+
+
+def test_a_dispatch_is_one_batch_whatever_the_arrival_timing(engine, monkeypatch):
+    """Inside the driver's dispatch bracket the batch is exactly the announced requests, however
+    late some arrive (here after 10x the settle window), and the rows' order in it does not depend
+    on the arrival order: the same outputs either way."""
+    from openrlhf_coherent import cpu_rollout
+
+    calls = count_generate_calls(engine, monkeypatch)
+    sp = params(temperature=1.0, max_tokens=6, min_tokens=0)
+    prompts = [ids(engine, p) for p in PROMPTS]
+
+    async def dispatch(order):
+        engine._prompt_counts.clear()  # each prompt's first sample: the same seeds both times
+        await engine.open_dispatch()
+        tasks = []
+        for k, i in enumerate(order):
+            if k == 2:  # a straggler wave, long after the settle window
+                await asyncio.sleep(10 * cpu_rollout.SETTLE_S)
+            tasks.append(asyncio.create_task(engine.generate(prompts[i], sp)))
+        await engine.close_dispatch(len(order))
+        outs = await asyncio.gather(*tasks)
+        return {i: out.outputs[0].token_ids for i, out in zip(order, outs)}
+
+    forward = asyncio.run(dispatch(list(range(len(prompts)))))
+    backward = asyncio.run(dispatch(list(reversed(range(len(prompts))))))
+    assert calls == [len(prompts), len(prompts)]
+    assert forward == backward

@@ -1,0 +1,36 @@
+"""The same command on the same machine repeats bit for bit, PPO included.
+
+Two identical tiny SRPPO runs (a group estimator, 2 samples per prompt at temperature 1, so the
+rollout engine batches many requests per dispatch) must write identical rollout logs (every
+sample's tokens, rewards and diagnostics) and print identical per-step metrics. Before the CPU
+engine batched by dispatch (openrlhf_coherent/cpu_rollout.py), which requests shared a batch
+depended on when they arrived, which moved logits in their last bits and PPO rows between runs.
+"""
+
+import ast
+import json
+import os
+
+from srppo_helpers import PROMPTS, run_srppo, step_logs, tiny_srppo_argv
+
+
+def timing_free(status: str) -> dict:
+    """A step's status dict without the wall-clock entries (they differ by nature)."""
+    return {k: v for k, v in ast.literal_eval(status).items() if "time" not in k and "throughput" not in k}
+
+
+def test_two_identical_runs_write_identical_rollouts_and_metrics(tmp_path, tiny_models, prompt_file):
+    base, sft = tiny_models
+    runs = []
+    for name in ("first", "second"):
+        out = str(tmp_path / name)
+        argv = tiny_srppo_argv(sft, base, prompt_file, out, "--algo.advantage.estimator", "reinforce_baseline",
+                               "--rollout.n_samples_per_prompt", "2", "--rollout.temperature", "1.0")  # fmt: skip
+        log = run_srppo(argv)
+        with open(os.path.join(out, "rollouts.jsonl")) as f:
+            rollouts = [{k: v for k, v in json.loads(line).items() if k != "run_id"} for line in f]
+        runs.append((rollouts, [(step, timing_free(status)) for step, status in step_logs(log)]))
+    (rollouts_a, steps_a), (rollouts_b, steps_b) = runs
+    assert len(steps_a) == len(PROMPTS) // 4 and len(rollouts_a) > 0
+    assert rollouts_a == rollouts_b
+    assert steps_a == steps_b
