@@ -376,7 +376,7 @@ def format_table(results: dict) -> str:
         chosen = setting_key(name, sel[name]["selected"]) if name in sel and "selected" in sel[name] else "-"
         gains = fracs = "-"
         if name in rel:
-            gains = " / ".join(f"{rel[name][d]['gain_mean']:+.3f}" for d in ("in", "out"))
+            gains = " / ".join(_gain(rel[name][d]) for d in ("in", "out"))
             fracs = " / ".join("-" if rel[name][d]["fraction_of_oracle"] is None else f"{rel[name][d]['fraction_of_oracle']:.2f}" for d in ("in", "out"))
         lines.append(f"| {name} | {chosen} | {row['accuracy_in_domain']} | {row['accuracy_out_of_domain']} | {gains} | {fracs} |")
     lines += [
@@ -395,8 +395,22 @@ def format_table(results: dict) -> str:
                 f"| {method} | {setting_key(method, row['setting'])}{mark} | {v['accuracy']:.3f} | "
                 f"{v['accuracy_in_domain']:.3f} | {v['accuracy_out_of_domain']:.3f} |"
             )
+    # A choice at the edge of the grid means the best setting may lie outside it (at the smallest
+    # lr: the method at best leaves its SFT model as it is); the reader must be told.
+    edges = []
+    for method, entry in sel.items():
+        chosen = entry.get("selected", {})
+        for key, values, noun in (("lr", s["lrs"], "learning rate"), ("epochs", s["sft_extended_epochs"], "epoch count")):
+            if key in chosen and len(values) > 1 and chosen[key] in (min(values), max(values)):
+                edge = "smallest" if chosen[key] == min(values) else "largest"
+                edges.append(f"- {method}: selected at the grid's {edge} {noun} ({chosen[key]:g}).")
+    lines += ["", *edges] if edges else []
     lines += ["", *reward_check_lines(results["reward_check"]), "", *stage_time_lines(results)]
     return "\n".join(lines) + "\n"
+
+
+def _gain(g: dict) -> str:
+    return f"{g['gain_mean']:+.3f}" + (f" ± {g['gain_sd']:.3f}" if g["gain_sd"] is not None else "")
 
 
 def _fmt_acc(v: dict) -> str:
