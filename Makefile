@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv bench-venv bench test test-learning demo demo-quick demo-sweep demo-real clean
+.PHONY: venv bench-venv bench test test-learning demo demo-quick demo-sweep demo-paper demo-real clean
 
 venv:
 	bash scripts/install_cpu.sh
@@ -65,5 +65,10 @@ demo-real: venv
 demo-sweep: venv
 	$(PY) -m demo.sweep --demo_out demo_out --out sweep_out
 
+# the paper's protocol in miniature: per-method lr x KL chosen on a validation split, PPO with GAE
+# and a warmed-up critic, then 3 seeds on the test prompts (about 40 minutes on 2 cores)
+demo-paper: venv
+	$(PY) -m demo.paper --out demo_paper_out
+
 clean:
-	rm -rf demo_out demo_out_quick sweep_out oracle_budget_out demo_real_out demo_real_out_quick .pytest_cache
+	rm -rf demo_out demo_out_quick demo_paper_out sweep_out oracle_budget_out demo_real_out demo_real_out_quick .pytest_cache

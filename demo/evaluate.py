@@ -5,7 +5,8 @@ as OpenRLHF's SFT and prompt datasets render them), left-padded, and decoded gre
 (`do_sample=False`, temperature 1.0 stated explicitly, `max_new_tokens` limit) with HF `generate`
 in fp32. A response that reaches the limit without EOS counts as truncated (and wrong).
 
-    python -m demo.evaluate --model /tmp/demo/sft --seed 0
+    python -m demo.evaluate --model /tmp/demo/sft --seed 0               # the held-out test prompts
+    python -m demo.evaluate --model /tmp/demo/sft --seed 0 --split val   # the validation prompts
 """
 
 from __future__ import annotations
@@ -103,9 +104,25 @@ def main(argv: Optional[list] = None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="test: the held-out eval_in/eval_out prompts (final numbers only); "
+        "val: the validation prompts val_in/val_out (for choosing settings)",
+    )
     args = parser.parse_args(argv)
-    world = make_world(args.seed)
-    print(json.dumps(evaluate(args.model, world.eval_in, world.eval_out), indent=1))
+    specs_in, specs_out = split_specs(make_world(args.seed), args.split)
+    print(json.dumps(evaluate(args.model, specs_in, specs_out), indent=1))
+
+
+def split_specs(world, split: str):
+    """(in-domain, out-of-domain) prompts of `split`: "test" (eval_*) or "val" (val_*)."""
+    if split == "test":
+        return world.eval_in, world.eval_out
+    if split == "val":
+        return world.val_in, world.val_out
+    raise ValueError(f"split must be 'test' or 'val', not {split!r}")
 
 
 if __name__ == "__main__":

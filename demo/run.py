@@ -123,14 +123,17 @@ def rollout_accuracy(rollout_log: str, grade=_grade) -> List[float]:
     return [sum(v) / len(v) for _, v in sorted(by_step.items())]
 
 
-def heldout_curve(run_dir: str, final_model: str, start: dict, world, final_step: int) -> List[dict]:
-    """Held-out accuracy at step 0 (the SFT model, `start`), at every saved checkpoint and at the end."""
+def heldout_curve(run_dir: str, final_model: str, start: dict, world, final_step: int, specs=None) -> List[dict]:
+    """Held-out accuracy at step 0 (the SFT model, `start`), at every saved checkpoint and at the end.
+    `specs`: the (in-domain, out-of-domain) prompts to evaluate on; default the world's test
+    prompts (`demo.paper` passes the validation split while it chooses settings)."""
+    specs_in, specs_out = specs if specs is not None else (world.eval_in, world.eval_out)
     points = {0: start}
     for path in glob.glob(os.path.join(run_dir, "ckpt", "global_step*_hf")):
         step = int(re.search(r"global_step(\d+)_hf$", path).group(1))
-        points[step] = evaluate(path, world.eval_in, world.eval_out)
+        points[step] = evaluate(path, specs_in, specs_out)
     if final_step not in points:
-        points[final_step] = evaluate(final_model, world.eval_in, world.eval_out)
+        points[final_step] = evaluate(final_model, specs_in, specs_out)
     return [
         {"step": s, **{k: e[k] for k in METRICS}} for s, e in sorted(points.items())
     ]
@@ -338,8 +341,14 @@ def format_table(results) -> str:
             cells.append(f"{g['gain_mean']:+.3f}{sd}")
         frac = " / ".join(_fmt(row[d]["fraction_of_oracle"], ".2f") for d in ("in", "out"))
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | {frac} |")
-    lines += [
-        "",
+    lines += ["", *reward_check_lines(results["reward_check"])]
+    lines += ["", *stage_time_lines(results)]
+    return "\n".join(lines) + "\n"
+
+
+def reward_check_lines(summary: Dict[str, dict]) -> List[str]:
+    """The reward-ranking check's table (`reward_check_summary`), for demo.run and demo.paper."""
+    lines = [
         "Reward-ranking check before PPO (`demo.reward_check`, the SFT models of these seeds): how often "
         "the coherent reward scores a correct response above a wrong one on the held-out prompts "
         "(win rate, mean over seeds; 'mean' is the length-normalised reward SRPPO uses here):",
@@ -347,12 +356,17 @@ def format_table(results) -> str:
         "| wrong kind | summed in | summed out | mean in | mean out |",
         "|---|---|---|---|---|",
     ]
-    for kind, row in results["reward_check"].items():
+    for kind, row in summary.items():
         cells = [_fmt(row[k], ".2f") for k in ("sum_in", "sum_out", "mean_in", "mean_out")]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_seconds"].items())]
-    lines.append(f"Total: {results['total_seconds']:.0f} s")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def stage_time_lines(results: dict) -> List[str]:
+    return [
+        "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["stage_seconds"].items()),
+        f"Total: {results['total_seconds']:.0f} s",
+    ]
 
 
 PANELS = [

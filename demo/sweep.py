@@ -12,6 +12,8 @@ that same SFT model". Evaluation is the demo's (same 128 held-out prompts, greed
 
 Levers (paper section 4.1 and appendix, design.md 1.6):
   kl_0.2, kl_0.5        the paper's KL coefficients (default 0.05)
+  lr_1.3e-4, lr_4e-5    smaller actor learning rates (default 4e-4; the paper picks its lr per
+                        method from a grid, see `make demo-paper`)
   sft_epochs_6          SRPPO from (and its reward from) the 6-epoch, overfit SFT model
   overlap_medium        SFT demos + 8 demonstrations on PPO prompts (the paper's 9k UltraFeedback demos)
   overlap_diminished    medium, plus 32 more in-domain demonstrations that dilute them
@@ -71,6 +73,8 @@ LEVERS: Dict[str, dict] = {  # in the order they run (most informative first)
     "ppo_prompts_64": {"ppo_prompts": 64},
     "overlap_diminished": {"overlap": "diminished"},
     "kl_0.5": {"settings": {"kl_coef": 0.5}},
+    "lr_1.3e-4": {"settings": {"actor_lr": 1.3e-4}},
+    "lr_4e-5": {"settings": {"actor_lr": 4e-5}},
     "aggregate_mean_nofloor": {"guard": ["--coherent.aggregate", "mean"], "oracle": False},
 }
 
@@ -93,6 +97,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated subset of: " + ", ".join(LEVERS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    unknown = [lever for lever in args.levers.split(",") if lever not in LEVERS]
+    if unknown:
+        parser.error(f"--levers: unknown lever {unknown[0]!r}; choose from {', '.join(LEVERS)}")
     if not os.path.isfile(os.path.join(args.demo_out, "results.json")):
         parser.error(f"--demo_out {args.demo_out}: no results.json (a finished `make demo` output is needed)")
     with open(os.path.join(args.demo_out, "results.json")) as f:

@@ -38,7 +38,9 @@ and the summed reward mostly counts tokens), and lists follow each category's li
 "boat , boat , boat"). The checker accepts any order.
 
 Everything is a deterministic function of `seed` (`make_world(seed)`); splits are disjoint by
-prompt text: demonstrations, held-out eval (in-domain / out-of-domain) and PPO prompts.
+prompt text: demonstrations, held-out eval (in-domain / out-of-domain), PPO prompts and a
+validation split (`val_in` / `val_out`, same mix as eval) for choosing settings without the test
+prompts.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 # category name (plural, as asked in prompts) -> (singular label with article, members)
@@ -122,10 +124,18 @@ class World:
     eval_out: List[PromptSpec]
     ppo_prompts: List[PromptSpec]
     corpus: List[str]
+    # Validation split (same in/out-of-domain mix as eval_in/eval_out): for choosing settings,
+    # so that the held-out eval_* prompts are read only for a final table.
+    val_in: List[PromptSpec] = field(default_factory=list)
+    val_out: List[PromptSpec] = field(default_factory=list)
 
     @property
     def eval_prompts(self) -> List[PromptSpec]:
         return self.eval_in + self.eval_out
+
+    @property
+    def val_prompts(self) -> List[PromptSpec]:
+        return self.val_in + self.val_out
 
 
 def all_prompt_specs() -> List[PromptSpec]:
@@ -199,8 +209,11 @@ def make_world(
     prose_lists: bool = True,
     ordered_demos: bool = True,
     ordered_lists: bool = True,
+    n_val_in: int = 64,
+    n_val_out: int = 64,
 ) -> World:
-    """Build the world of `seed`. Splits are disjoint by prompt; demos and eval-in are in-domain.
+    """Build the world of `seed`. Splits are disjoint by prompt; demos, eval-in and val-in are
+    in-domain, eval-out and val-out out-of-domain.
 
     `exclusion_rate`: fraction of prompts (in every split) carrying a "but not X" constraint.
     `prose_lists`, `ordered_lists`: see `corpus`. `ordered_demos`: demonstrations list their
@@ -231,7 +244,13 @@ def make_world(
     eval_out = take(n_eval_out, out_dom)
     ppo = take(n_ppo, lambda s: True)
     demos = [(s, ideal_response(s, rng, ordered_demos)) for s in demo_specs]
-    return World(seed, demos, eval_in, eval_out, ppo, corpus(seed, n_corpus, prose_lists, ordered_lists))
+    # The validation split is drawn last, from what the other splits left in the pools: every
+    # earlier split stays exactly what it was before the split existed (same rng draws, in order),
+    # so results recorded before it remain reproducible.
+    val_in = take(n_val_in, in_dom)
+    val_out = take(n_val_out, out_dom)
+    world_corpus = corpus(seed, n_corpus, prose_lists, ordered_lists)
+    return World(seed, demos, eval_in, eval_out, ppo, world_corpus, val_in, val_out)
 
 
 # ---------------------------------------------------------------------------------------------

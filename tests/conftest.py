@@ -26,6 +26,7 @@ SFT_TEXTS = [
 # seconds each file took under `-n 2`, rounded); files not listed follow in their usual order.
 LONGEST_FILES_FIRST = (
     "test_reward_hacking.py",  # 310 s: two 12-step demo-size PPO runs
+    "test_demo_paper.py",  # 467 s alone on a loaded machine: `demo.paper --quick`, four 2-buffer GAE runs
     "test_job_scripts.py",  # 230 s: the Slurm script's Ray cluster and job
     "test_evaluator.py",  # 190 s
     "test_demo.py",  # 180 s: `demo.run --quick`

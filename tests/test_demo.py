@@ -108,7 +108,7 @@ def test_demo_refuses_a_ppo_steps_override_that_is_not_whole_passes(tmp_path, ca
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("module", ["demo.run", "demo.sweep", "demo.hacking", "demo_real.run"])
+@pytest.mark.parametrize("module", ["demo.run", "demo.sweep", "demo.hacking", "demo_real.run", "demo.paper"])
 def test_demo_commands_never_overwrite_a_finished_output(module, tmp_path):
     """A second `make demo` (or sweep, hacking, real-model run) into the same folder is refused
     before any work, naming --out; the first run's files are untouched."""
@@ -128,3 +128,19 @@ def test_demo_commands_never_overwrite_a_finished_output(module, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"--out {out} exists and is not empty" in proc.stderr
     assert os.listdir(out) == ["results.json"] and (out / "results.json").read_text() == '{"finished": true}'
+
+
+def test_sweep_has_the_learning_rate_lever_and_refuses_an_unknown_one(tmp_path, capsys):
+    from dataclasses import replace
+
+    from demo import sweep
+    from demo.run import DemoSettings
+
+    lrs = {sweep.LEVERS[name]["settings"]["actor_lr"] for name in ("lr_1.3e-4", "lr_4e-5")}
+    assert lrs == {1.3e-4, 4e-5} and all(lr < DemoSettings().actor_lr for lr in lrs)
+    cfg = replace(DemoSettings(), **sweep.LEVERS["lr_4e-5"]["settings"]).ppo_config()
+    assert cfg.actor_lr == 4e-5 and cfg.kl_coef == DemoSettings().kl_coef  # one lever at a time
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["--demo_out", str(tmp_path), "--out", str(tmp_path / "s"), "--levers", "lr_4e-5,lr_1e-9"])
+    assert exit_info.value.code == 2 and "--levers: unknown lever 'lr_1e-9'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
