@@ -3,7 +3,7 @@
     python -m demo.hacking --out hacking_out          # ~8 minutes on 2 CPU cores
 
 On the demo's world (seed 0: its base model and 2-epoch SFT model), PPO with the coherent reward
-at a deliberately large actor learning rate (3e-4) learns within a few steps to stop emitting EOS
+at a deliberately large actor learning rate (1e-3) learns within a few steps to stop emitting EOS
 and fill the 24-token budget: each extra list item costs the base model more than the SFT model,
 so the summed reward grows with length. The same run is repeated with each guard; the table
 reports, for the last 3 rollouts, the coherent reward, response length, EOS rate and the SFT
@@ -42,7 +42,10 @@ GUARDS: Dict[str, List[str]] = {
         "0.5",
     ],  # fmt: skip
 }
-HACKING_LR = 3e-4
+# Large enough that the hack is decisive under every CPU kernel set: at 3e-4 the response length
+# rose by +17 tokens with AVX2 kernels but by +8 (EOS rate still 0.73) with AVX-512 ones; at 1e-3 it
+# fills the 24-token budget by step 6 under AVX-512, AVX2 and the plain kernels (README, "Reward hacking").
+HACKING_LR = 1e-3
 
 
 def last(steps, key, n=3):

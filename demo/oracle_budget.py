@@ -1,10 +1,11 @@
 """How the demo's PPO budget was chosen: the oracle alone (PPO with the exact checker reward) at a
-given number of steps and learning rate, from a finished demo's SFT models, every seed.
+given number of steps and learning rate, from a finished demo's SFT models, every seed, evaluated
+on the demo world's validation prompts (never on the 128 test prompts the demo's table reports).
 
     python -m demo.oracle_budget --demo_out demo_out --out oracle_budget_out --steps 16 --lrs 3e-4 4e-4
 
-The issue's bar: the oracle beats SFT by at least +0.15 out of domain (mean of 3 seeds) without an
-in-domain loss. `DemoSettings` takes the smallest learning rate that clears it at the step count
+The demo's promise: the oracle beats SFT by at least +0.15 out of domain (mean of 3 seeds) without
+an in-domain loss. `DemoSettings` takes the smallest learning rate that clears it at the step count
 that fits the time budget (README, "The embedded demo"). Only the oracle runs here, so choosing a
 budget never looks at SRPPO's held-out accuracy. Each PPO run writes under its own folder of
 `--out`; `<out>/oracle_budget.json` has the per-seed gains and curves.
@@ -53,7 +54,9 @@ def main(argv=None) -> dict:
     world = make_world(0)
     new_output_folder(parser, args.out)
     prompts = write_prompts_jsonl(os.path.join(args.out, "ppo_prompts.jsonl"), world.ppo_prompts)
-    starts = [evaluate(sft, world.eval_in, world.eval_out) for sft in sfts]
+    # The budget is chosen on the validation prompts: the test prompts are for the demo's table only.
+    val = (world.val_in, world.val_out)
+    starts = [evaluate(sft, *val) for sft in sfts]
     results = {}
     for lr in args.lrs:
         settings = replace(DemoSettings(), ppo_steps=args.steps, actor_lr=lr)
@@ -61,7 +64,7 @@ def main(argv=None) -> dict:
         for seed, (sft, start) in enumerate(zip(sfts, starts)):
             run_dir = os.path.join(args.out, f"lr{lr:g}_seed{seed}")
             result = run_ppo(sft, prompts, run_dir, checker_reward_flags(), settings.ppo_config(), seed)
-            curve = heldout_curve(run_dir, result.model_path, start, world, args.steps)
+            curve = heldout_curve(run_dir, result.model_path, start, world, args.steps, specs=val)
             gain = {d: round(curve[-1][f"accuracy_{d}"] - start[f"accuracy_{d}"], 4) for d in ("in_domain", "out_of_domain")}
             runs.append({"seed": seed, "gain": gain, "curve": curve})
             print(f"lr {lr:g} seed {seed}: gain in {gain['in_domain']:+.3f} out {gain['out_of_domain']:+.3f}", flush=True)

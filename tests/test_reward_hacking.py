@@ -8,7 +8,7 @@ from demo.ppo import PPOConfig, coherent_reward_flags, run_ppo
 from demo.run import RECOMMENDED_GUARD
 from srppo_helpers import check_rewards_match_independent_computation
 
-STEPS = 12  # `python -m demo.hacking`'s budget: the hack shows from about step 5
+STEPS = 12  # `python -m demo.hacking`'s budget: at its lr the hack is complete by about step 6
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,18 @@ def run(hack_world, tmp_path, guard):
     cfg = PPOConfig(actor_lr=HACKING_LR, max_samples=16 * STEPS)
     steps = run_ppo(sft, prompts, out, coherent_reward_flags(base, out, guard), cfg).steps
     assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
-    first, last = steps[0], steps[-1]
-    return first, last, steps
+    print(name_of(guard), [(s["step"], round(s["coherent/reward_mean"], 2), round(s["coherent/response_length_mean"], 2),
+                            round(s["coherent/eos_rate"], 2), s["coherent/hacking_alarm"]) for s in steps])  # fmt: skip
+    return steps[0], last3(steps), steps
+
+
+def name_of(guard):
+    return " ".join(guard) or "unguarded"
+
+
+def last3(steps):
+    """The last three rollouts' means: one rollout of 64 samples is noisy."""
+    return {k: sum(s[k] for s in steps[-3:]) / 3 for k in steps[-1]}
 
 
 def test_unguarded_coherent_reward_is_hacked_and_the_alarm_fires(hack_world, tmp_path):
@@ -34,19 +44,22 @@ def test_unguarded_coherent_reward_is_hacked_and_the_alarm_fires(hack_world, tmp
     # reference log-probs reused.
     _, base, sft, _ = hack_world
     check_rewards_match_independent_computation(str(tmp_path), sft, base, STEPS, only_steps={1, STEPS})
+    # The hack: the policy's answers grow toward the 24-token budget and the summed reward with them.
+    # Over the last 3 rollouts against the first, under the AVX-512, AVX2 and plain (`default`)
+    # kernel sets (`make test CPU_KERNELS=...`; docs/hacking.md): reward +52, +54, +36; length
+    # +18.8, +18.3, +16.6 tokens. The checks ask +5 and +6. The EOS rate is no sign of the hack on
+    # every CPU: it fell to 0.02 under AVX-512 and AVX2, but under the plain kernels 60% of
+    # the 22-token answers still ended with EOS.
     assert last["coherent/reward_mean"] > first["coherent/reward_mean"] + 5
-    # How far the length climbs varies run to run (the rollout batches' floating-point sums depend
-    # on which requests share a batch; README, "Repeatability"): after 8 steps +4.3 to +11.7 tokens
-    # and an EOS rate of 0.72 to 0.89 were seen, hence 12 steps; the check asks +3, still beyond
-    # the guarded run's ceiling below.
-    assert last["coherent/response_length_mean"] > first["coherent/response_length_mean"] + 3
-    assert first["coherent/eos_rate"] > 0.9 and last["coherent/eos_rate"] < first["coherent/eos_rate"] - 0.25
-    assert last["coherent/sft_logp_per_token"] < first["coherent/sft_logp_per_token"] - 0.3
+    assert last["coherent/response_length_mean"] > first["coherent/response_length_mean"] + 6
+    assert first["coherent/eos_rate"] > 0.9
     assert max(s["coherent/hacking_alarm"] for s in steps) == 1.0
 
 
 def test_recommended_guard_keeps_sft_behaviour_and_the_alarm_silent(hack_world, tmp_path):
     first, last, steps = run(hack_world, tmp_path, RECOMMENDED_GUARD)
+    # Same lr and steps as above. Seen under AVX-512, AVX2 and the plain kernels: the lowest EOS
+    # rate 0.98, 1.00, 1.00; last-3 length minus the first -0.85, -0.64, +0.42 tokens; no alarm.
     assert min(s["coherent/eos_rate"] for s in steps) > 0.9
     assert last["coherent/response_length_mean"] < first["coherent/response_length_mean"] + 3
     assert all(s["coherent/hacking_alarm"] == 0.0 for s in steps)
