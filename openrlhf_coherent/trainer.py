@@ -13,6 +13,7 @@ from typing import Dict, List
 
 import ray
 import torch
+import transformers
 
 from openrlhf.trainer.ppo_trainer import PPOTrainer
 from openrlhf.utils.logging_utils import init_logger
@@ -52,8 +53,11 @@ def coherent_rollout_stats(experiences: List, maker: CoherentExperienceMaker) ->
 
 @ray.remote
 class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, pretrain, strategy, *args, **kwargs):
+        # OpenRLHF builds the prompt dataloader in this actor, which seeds no RNG (only the model
+        # actors call set_seed): its shuffle drew another prompt order in every run of one command.
+        transformers.set_seed(strategy.seed)
+        super().__init__(pretrain, strategy, *args, **kwargs)
         self.experience_maker = CoherentExperienceMaker(
             self.actor_model_group,
             self.critic_model_group,
