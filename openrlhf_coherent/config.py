@@ -396,6 +396,16 @@ def validate(args) -> None:
             "the per-token rewards would escape it. Use --coherent.reward_type sequence, or "
             "--reward.overlong_buffer_len (an additive penalty) instead"
         )
+    stop_coef = getattr(args.reward, "stop_properly_penalty_coef", None)
+    if stop_coef is not None and 0 <= stop_coef < 1:
+        # OpenRLHF multiplies a truncated sample's reward by a coefficient >= 0. The coherent reward is
+        # signed: a negative one moves toward 0, so truncation would pay. Only its replacement form
+        # (a negative coefficient is the truncated sample's whole reward) penalises truncation here.
+        raise ConfigError(
+            f"--reward.stop_properly_penalty_coef {stop_coef}: OpenRLHF multiplies a truncated response's reward by it, "
+            "and the coherent reward is signed, so a negative reward would rise toward 0 (truncation rewarded). "
+            "Pass a negative value instead: the reward a truncated response gets, below the usual reward range"
+        )
     if args.train.async_enable:
         raise ConfigError(
             "--train.async_enable is not supported with the coherent reward yet (the plugin hooks the "
