@@ -17,8 +17,9 @@ the same hooks around stock OpenRLHF's CLI.
 from __future__ import annotations
 
 import logging
+import os
 
-from . import config, devmode
+from . import config, devmode, redact
 
 logger = logging.getLogger("openrlhf_coherent")
 
@@ -71,6 +72,8 @@ class CoherentRewardPlugin:
         return args.reward.model_name_or_path == self.name
 
     def validate(self, args) -> None:
+        # Before OpenRLHF prints every argument and uploads them to wandb: never the key itself.
+        redact.check_wandb_key(args)
         if self.selected(args):
             config.validate(args)
         else:
@@ -100,6 +103,9 @@ class CoherentRewardPlugin:
         extra_env = extra.pop("runtime_env", {})
         runtime_env["env_vars"] = {**extra_env.get("env_vars", {}), **runtime_env.get("env_vars", {})}
         runtime_env["env_vars"][devmode.DEVICE_ENV] = device  # the decision itself is not the caller's to override
+        if self._args.logger.wandb.key == redact.FROM_ENV:
+            # wandb runs in the trainer actor, on any node of a cluster: it reads the key there.
+            runtime_env["env_vars"].setdefault(redact.WANDB_ENV, os.environ[redact.WANDB_ENV])
         try:
             runtime_env["env_vars"] = devmode.drop_job_env_vars(runtime_env["env_vars"])
         except devmode.DeviceError as e:
