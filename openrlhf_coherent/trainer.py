@@ -104,6 +104,11 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
         maker.sft_logp_reference = saved["sft_logp_reference"]
         if self.alarm is not None and saved["alarm"] is not None:
             self.alarm.load_state_dict(saved["alarm"])
+        elif self.alarm is not None:
+            logger.warning(
+                "openrlhf_coherent: the alarm was off when this checkpoint was written: it takes its reference from "
+                "the first rollout after the resume (the policy being resumed, not the SFT model's own samples)"
+            )
         dropped = maker.cut_rollout_log_after(maker.rollout_step, maker.run_id)
         logger.info(
             f"openrlhf_coherent: resumed the coherent-reward state at rollout {maker.rollout_step}"
