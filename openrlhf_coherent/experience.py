@@ -67,12 +67,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
     def make_experience(self, samples_list: List[Experience]) -> List[Experience]:
         args = self.args
         duplicate_factor = args.ds.ring_attn_size * args.ds.tensor_parallel_size
-        # OpenRLHF hands each rank of the group a ceiling-sized chunk of micro-batches (10 on 4 ranks:
-        # 3, 3, 3, 1). Under ZeRO-3 every forward gathers parameters from all ranks, so a rank with
-        # fewer micro-batches would leave the others waiting forever: pad with copies of the last
-        # micro-batch to a multiple of the group's data-parallel size, and drop their results.
-        ranks = args.reward.num_nodes * args.reward.num_gpus_per_node // duplicate_factor
-        padded = samples_list + samples_list[-1:] * (-len(samples_list) % ranks if args.ds.zero_stage == 3 else 0)
+        padded = padded_for_coherent_group(samples_list, args)  # the extra results are dropped below
         self._coherent_refs = self._dispatch_forward(
             self.reward_model_group,
             args.train.colocate_all,
@@ -246,6 +241,18 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                         "label": e.labels[i] if i < len(e.labels) else None,
                     }
                     f.write(json.dumps(row) + "\n")
+
+
+def padded_for_coherent_group(micro_batches: list, args) -> list:
+    """`micro_batches` plus copies of the last one up to a multiple of the coherent group's
+    data-parallel size, under ZeRO-3 (unchanged otherwise). OpenRLHF hands each rank a
+    ceiling-sized chunk (10 on 4 ranks: 3, 3, 3, 1); under ZeRO-3 every forward gathers parameters
+    from all ranks of the group, so a rank with fewer micro-batches would leave the others waiting
+    forever."""
+    if args.ds.zero_stage != 3:
+        return micro_batches
+    ranks = args.reward.num_nodes * args.reward.num_gpus_per_node // (args.ds.ring_attn_size * args.ds.tensor_parallel_size)
+    return micro_batches + micro_batches[-1:] * (-len(micro_batches) % ranks)
 
 
 def _lines_from_end(f, block: int = 1 << 20):

@@ -17,7 +17,6 @@ the same hooks around stock OpenRLHF's CLI.
 from __future__ import annotations
 
 import logging
-import os
 
 from . import config, devmode, redact
 
@@ -103,9 +102,6 @@ class CoherentRewardPlugin:
         extra_env = extra.pop("runtime_env", {})
         runtime_env["env_vars"] = {**extra_env.get("env_vars", {}), **runtime_env.get("env_vars", {})}
         runtime_env["env_vars"][devmode.DEVICE_ENV] = device  # the decision itself is not the caller's to override
-        if self._args.logger.wandb.key == redact.FROM_ENV:
-            # wandb runs in the trainer actor, on any node of a cluster: it reads the key there.
-            runtime_env["env_vars"].setdefault(redact.WANDB_ENV, os.environ[redact.WANDB_ENV])
         try:
             runtime_env["env_vars"] = devmode.drop_job_env_vars(runtime_env["env_vars"])
         except devmode.DeviceError as e:

@@ -9,6 +9,7 @@ same alarm window, the same `--coherent.sft_logp_floor` reference and the rollou
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List
 
 import ray
@@ -17,6 +18,7 @@ import torch
 from openrlhf.trainer.ppo_trainer import PPOTrainer
 from openrlhf.utils.logging_utils import init_logger
 
+from . import redact
 from .alarm import HackingAlarm
 from .experience import CoherentExperienceMaker
 
@@ -52,8 +54,15 @@ def coherent_rollout_stats(experiences: List, maker: CoherentExperienceMaker) ->
 
 @ray.remote
 class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, pretrain, strategy, *args, **kwargs):
+        if strategy.args.logger.wandb.key == redact.FROM_ENV and not os.environ.get(redact.WANDB_ENV):
+            # wandb runs here, maybe on another node than the driver; the key is not passed in the
+            # job's runtime_env by us (Ray writes runtime_env values into its logs).
+            raise RuntimeError(
+                f"--logger.wandb.key env: {redact.WANDB_ENV} is not set where the PPO trainer runs: start Ray "
+                f"(`ray start`) with it in the environment, or forward it in the job's runtime_env (which Ray logs)"
+            )
+        super().__init__(pretrain, strategy, *args, **kwargs)
         self.experience_maker = CoherentExperienceMaker(
             self.actor_model_group,
             self.critic_model_group,

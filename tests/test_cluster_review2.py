@@ -9,16 +9,11 @@ import os
 
 import pytest
 
-from openrlhf_coherent.cli.train_ppo_ray import main, parse_args
+from openrlhf_coherent.cli.train_ppo_ray import parse_args
 from openrlhf_coherent.config import ConfigError
+from test_cluster_correctness import srppo_argv  # a stock SRPPO command line, models only
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def srppo_argv(sft, base, *extra):
-    return ["--actor.model_name_or_path", sft, "--critic.model_name_or_path", sft,
-            "--reward.model_name_or_path", "coherent", "--coherent.base_model", base,
-            "--data.prompt_dataset", "unused.jsonl", *extra]  # fmt: skip
 
 
 # ---- item 2: the GPU smoke test's command lines pass our validation ------------------------------
@@ -220,3 +215,50 @@ def test_ppo_cli_makes_the_rollout_log_absolute(tiny_models, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     args = parse_args(srppo_argv(sft, base, "--coherent.rollout_log", "logs/r.jsonl"))
     assert args.coherent.rollout_log == str(tmp_path / "logs" / "r.jsonl")
+
+
+# ---- item 3: a ZeRO-3 coherent group gets as many micro-batches on every rank ---------------------
+
+
+def test_zero3_coherent_group_with_an_odd_micro_batch_count(tmp_path):
+    """Two CoherentRewardActor ranks (gloo, fake GPUs) at ZeRO-3, weights large enough to be
+    partitioned (DeepSpeed keeps parameters under 1e5 elements whole), three micro-batches. Padded
+    by `padded_for_coherent_group` to four, the forward finishes and the copy scores as its
+    original; the unpadded list (2 on rank 0, 1 on rank 1) leaves rank 0 waiting in a parameter
+    gather: the hang the padding prevents."""
+    import ray
+    import torch
+    from openrlhf.trainer.ray.launcher import RayActorGroup
+    from openrlhf.utils import get_strategy
+    from transformers import AutoTokenizer
+
+    from openrlhf_coherent import devmode
+    from openrlhf_coherent.actor import CoherentRewardActor
+    from openrlhf_coherent.experience import padded_for_coherent_group
+    from openrlhf_coherent.tiny_models import make_tiny_llama
+    from test_actor import PAIRS, group_forward, openrlhf_batch
+
+    base = make_tiny_llama(str(tmp_path / "wide"), hidden_size=384, num_heads=6, intermediate_size=768)
+    args = parse_args(["--actor.model_name_or_path", base, "--reward.model_name_or_path", "coherent",
+                       "--coherent.base_model", base, "--coherent.reuse_ref", "never", "--algo.advantage.estimator",
+                       "reinforce", "--reward.num_gpus_per_node", "2", "--ds.param_dtype", "fp32",
+                       "--ds.attn_implementation", "eager", "--ds.zero_stage", "3", "--data.prompt_dataset", "p.jsonl"])  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    batches = [openrlhf_batch(tokenizer, [pair])[0] for pair in PAIRS[:3]]
+    padded = padded_for_coherent_group(batches, args)
+    assert len(padded) == 4 and padded[3] is batches[2]
+    ray.init(**devmode.ray_init_kwargs(num_gpus=2))
+    try:
+        group = RayActorGroup(1, 2, CoherentRewardActor, num_gpus_per_actor=1)
+        ray.get(group.async_init_model_from_pretrained(get_strategy(args), "coherent"))
+        outputs = group_forward(group, padded)[: len(batches)]
+        assert len(outputs) == 3 and all(torch.isfinite(o["base"]).all() for o in outputs)
+        again = group_forward(group, padded)
+        torch.testing.assert_close(again[3]["base"], outputs[2]["base"])
+        refs = group.async_run_method_batch(method_name="forward", sequences=[b.sequences for b in batches],
+                                            action_mask=[b.action_mask for b in batches],
+                                            attention_mask=[b.attention_mask for b in batches])  # fmt: skip
+        with pytest.raises(ray.exceptions.GetTimeoutError):
+            ray.get(refs, timeout=60)
+    finally:
+        ray.shutdown()

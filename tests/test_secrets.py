@@ -15,14 +15,10 @@ import pytest
 from openrlhf_coherent import redact
 from openrlhf_coherent.config import ConfigError
 
+from test_cluster_correctness import srppo_argv  # a stock SRPPO command line, models only
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "wandbKEY0123456789abcdef"  # what a user's key looks like to us: a long opaque string
-
-
-def srppo_argv(sft, base, *extra):
-    return ["--actor.model_name_or_path", sft, "--critic.model_name_or_path", sft,
-            "--reward.model_name_or_path", "coherent", "--coherent.base_model", base,
-            "--data.prompt_dataset", "unused.jsonl", *extra]  # fmt: skip
 
 
 # ---- the masker ----------------------------------------------------------------------------------

@@ -14,12 +14,15 @@
 # The job runs in a copy of WORKING_DIR (default: this repository, without .venv, runs/, .git)
 # unpacked on the head node, so every path in the YAML must be absolute on a filesystem that all
 # nodes share (or a hub id). The job does not see this shell's environment: list the variables
-# it needs in FORWARD_ENV (they go into the runtime_env's env_vars).
+# it needs in FORWARD_ENV (they go into the runtime_env's env_vars). Secrets (HF_TOKEN,
+# WANDB_API_KEY) are not forwarded by default: Ray writes runtime_env values into its own logs on
+# the cluster. Have them in the environment `ray start` runs in (srppo_slurm.sbatch does: its srun
+# steps inherit the submitting shell's), or add them to FORWARD_ENV knowing that.
 #
 # Environment: RAY_ADDRESS (the head's dashboard, http://HOST:8265; required), CONFIG (relative
 # to WORKING_DIR or absolute), OUTPUT_DIR (absolute; passed as --set output_dir=...), STAGES,
 # DRY_RUN=1, WORKING_DIR, FORWARD_ENV (space-separated variable names; default: SRPPO_TINY_ROOT
-# DATA_DIR OPENRLHF_COHERENT_DEVICE HF_HOME HF_TOKEN WANDB_API_KEY), RUNTIME_ENV_JSON (replaces the generated runtime_env
+# DATA_DIR OPENRLHF_COHERENT_DEVICE HF_HOME), RUNTIME_ENV_JSON (replaces the generated runtime_env
 # entirely), PYTHON (for the job and here, with Ray installed; default python).
 set -euo pipefail
 
@@ -28,7 +31,7 @@ CONFIG=${CONFIG:-examples/configs/srppo_llama3_8b_min_overlap.yaml}
 PYTHON=${PYTHON:-python}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 WORKING_DIR=${WORKING_DIR:-$REPO}
-FORWARD_ENV=${FORWARD_ENV:-SRPPO_TINY_ROOT DATA_DIR OPENRLHF_COHERENT_DEVICE HF_HOME HF_TOKEN WANDB_API_KEY}
+FORWARD_ENV=${FORWARD_ENV:-SRPPO_TINY_ROOT DATA_DIR OPENRLHF_COHERENT_DEVICE HF_HOME}
 
 # The command as one shell-quoted line (copy-pasteable, parseable), secrets shown as *** (the
 # project's one masker, openrlhf_coherent/redact.py, run as a file: it needs only Python).
@@ -38,9 +41,15 @@ quoted() {
 
 if [[ -z ${RUNTIME_ENV_JSON:-} ]]; then
   # Built by Python so every value is JSON-escaped; only variables that are set are forwarded.
-  RUNTIME_ENV_JSON=$(WORKING_DIR="$WORKING_DIR" FORWARD_ENV="$FORWARD_ENV" "$PYTHON" -c '
-import json, os
+  RUNTIME_ENV_JSON=$(WORKING_DIR="$WORKING_DIR" FORWARD_ENV="$FORWARD_ENV" REPO="$REPO" "$PYTHON" -c '
+import json, os, sys
+sys.path.insert(0, os.path.join(os.environ["REPO"], "openrlhf_coherent"))
+from redact import SECRET_ENV_NAME  # the one masker, as a file: standard library only
 env = {k: os.environ[k] for k in os.environ["FORWARD_ENV"].split() if k in os.environ}
+secret = [k for k in env if SECRET_ENV_NAME.search(k)]
+if secret:
+    print("srppo_multi_node: forwarding " + " ".join(secret) + " in the runtime_env: Ray writes its values into "
+          "its logs on the cluster (runtime_env_agent.log); set them where `ray start` runs instead", file=sys.stderr)
 print(json.dumps({
     "working_dir": os.environ["WORKING_DIR"],
     # Not uploaded: environments, caches, build output, every output folder the repository writes, weights.
