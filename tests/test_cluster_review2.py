@@ -236,7 +236,7 @@ def test_zero3_coherent_group_with_an_odd_micro_batch_count(tmp_path):
     from openrlhf_coherent.actor import CoherentRewardActor
     from openrlhf_coherent.experience import padded_for_coherent_group
     from openrlhf_coherent.tiny_models import make_tiny_llama
-    from test_actor import PAIRS, group_forward, openrlhf_batch
+    from test_actor import PAIRS, openrlhf_batch
 
     base = make_tiny_llama(str(tmp_path / "wide"), hidden_size=384, num_heads=6, intermediate_size=768)
     args = parse_args(["--actor.model_name_or_path", base, "--reward.model_name_or_path", "coherent",
@@ -251,14 +251,16 @@ def test_zero3_coherent_group_with_an_odd_micro_batch_count(tmp_path):
     try:
         group = RayActorGroup(1, 2, CoherentRewardActor, num_gpus_per_actor=1)
         ray.get(group.async_init_model_from_pretrained(get_strategy(args), "coherent"))
-        outputs = group_forward(group, padded)[: len(batches)]
-        assert len(outputs) == 3 and all(torch.isfinite(o["base"]).all() for o in outputs)
-        again = group_forward(group, padded)
-        torch.testing.assert_close(again[3]["base"], outputs[2]["base"])
-        refs = group.async_run_method_batch(method_name="forward", sequences=[b.sequences for b in batches],
-                                            action_mask=[b.action_mask for b in batches],
-                                            attention_mask=[b.attention_mask for b in batches])  # fmt: skip
+        def forward(micro_batches, timeout):
+            refs = group.async_run_method_batch(method_name="forward", sequences=[b.sequences for b in micro_batches],
+                                                action_mask=[b.action_mask for b in micro_batches],
+                                                attention_mask=[b.attention_mask for b in micro_batches])  # fmt: skip
+            return [out for chunk in ray.get(refs, timeout=timeout) for out in chunk]
+
+        outputs = forward(padded, timeout=300)
+        assert len(outputs) == 4 and all(torch.isfinite(o["base"]).all() for o in outputs)
+        torch.testing.assert_close(outputs[3]["base"], outputs[2]["base"])  # the copy scores as its original
         with pytest.raises(ray.exceptions.GetTimeoutError):
-            ray.get(refs, timeout=60)
+            forward(batches, timeout=60)
     finally:
         ray.shutdown()
