@@ -51,13 +51,13 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         self.floored = 0  # samples the floor guard replaced in the last rollout
 
     def _dispatch_forward(self, group, sync_condition, **kwargs):
-        if group is not None and group is self.critic_model_group and self._coherent_refs is not None:
-            if self.args.train.colocate_critic_reward:
-                # As stock OpenRLHF does for its reward model: the critic shares the reward group's
-                # GPUs, so it starts only once the coherent forward is done (the actor and reference
-                # forwards, on other GPUs, did not wait).
-                ray.get(self._coherent_refs)
-                ray.get(self.reward_model_group.async_run_method(method_name="empty_cache"))
+        critic = group is not None and group is self.critic_model_group
+        if critic and self.args.train.colocate_critic_reward and self._coherent_refs is not None:
+            # As stock OpenRLHF does for its reward model: the critic shares the reward group's GPUs,
+            # so it starts only once the coherent forward is done (the actor and reference forwards,
+            # on other GPUs, did not wait).
+            ray.get(self._coherent_refs)
+            ray.get(self.reward_model_group.async_run_method(method_name="empty_cache"))
         ref = super()._dispatch_forward(group, sync_condition, **kwargs)
         if group is not None and group is self.initial_model_group:
             self._reference_refs = ref

@@ -264,3 +264,16 @@ def test_zero3_coherent_group_with_an_odd_micro_batch_count(tmp_path):
             forward(batches, timeout=60)
     finally:
         ray.shutdown()
+
+
+def test_colocated_critic_and_coherent_reward_run(tiny_models, prompt_file, tmp_path):
+    """`--train.colocate_critic_reward` (critic and coherent group share GPUs): the coherent forward
+    is awaited only before the critic's (as stock OpenRLHF awaits its reward model), and the run's
+    rewards are still the log-ratios plain transformers computes."""
+    from srppo_helpers import check_rewards_match_independent_computation, run_srppo, step_logs, tiny_srppo_argv
+
+    base, sft = tiny_models
+    log = run_srppo(tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--critic.model_name_or_path", sft,
+                                    "--train.colocate_critic_reward"))  # fmt: skip
+    assert [s for s, _ in step_logs(log)] == [1, 2]
+    check_rewards_match_independent_computation(str(tmp_path), sft, base, 2)
