@@ -49,7 +49,7 @@ env = {k: os.environ[k] for k in os.environ["FORWARD_ENV"].split() if k in os.en
 secret = [k for k in env if SECRET_ENV_NAME.search(k)]
 if secret:
     print("srppo_multi_node: forwarding " + " ".join(secret) + " in the runtime_env: Ray writes its values into "
-          "its logs on the cluster (runtime_env_agent.log); set them where `ray start` runs instead", file=sys.stderr)
+          "its logs on the cluster (runtime_env_agent.log); set them where ray start runs instead", file=sys.stderr)
 print(json.dumps({
     "working_dir": os.environ["WORKING_DIR"],
     # Not uploaded: environments, caches, build output, every output folder the repository writes, weights.
