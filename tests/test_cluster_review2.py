@@ -75,16 +75,19 @@ def test_submit_job_passes_arguments_unchanged_through_a_real_job_server():
     tricky = ["${root}/x", "$HOME", "a\\b", "it's", '"q"', "*", "a b", "", "--set", "k=[1, 2]"]
     ray_tmp = tempfile.mkdtemp(prefix="rsj", dir="/tmp")
     port, dash, *extra = free_ports(7)
-    env = dict(os.environ, RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="300", RAY_DASHBOARD_STARTUP_TIMEOUT_S="300")
+    # A loaded 2-core machine can miss Ray's start-up defaults: more time, as tests/test_job_scripts.py gives.
+    env = dict(os.environ, RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="300", RAY_DASHBOARD_STARTUP_TIMEOUT_S="300",
+               RAY_raylet_start_wait_time_s="300")  # fmt: skip
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     try:
         flags = zip(("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                      "runtime-env-agent-port", "metrics-export-port"), extra)  # fmt: skip
-        subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "true",
-                        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "1",
-                        "--num-gpus", "0", "--temp-dir", ray_tmp, "--disable-usage-stats",
-                        *[x for flag, p in flags for x in (f"--{flag}", str(p))]],
-                       check=True, capture_output=True, env=env, timeout=300)  # fmt: skip
+        started = subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "true",
+                                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "1",
+                                  "--num-gpus", "0", "--temp-dir", ray_tmp, "--disable-usage-stats",
+                                  *[x for flag, p in flags for x in (f"--{flag}", str(p))]],
+                                 capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 300
         while subprocess.run([ray_bin, "job", "list", "--address", address], capture_output=True, env=env).returncode != 0:
@@ -125,15 +128,17 @@ def test_untagged_gpus_are_probed_on_the_cluster_and_never_guessed(monkeypatch):
     flags = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
              "runtime-env-agent-port", "metrics-export-port")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", devmode.DEVICE_ENV)}
+    env["RAY_raylet_start_wait_time_s"] = "300"  # a loaded 2-core machine can miss Ray's default
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv(devmode.DEVICE_ENV, raising=False)
     holder = None
     try:
-        subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--num-gpus", "1", "--num-cpus", "2",
-                        "--temp-dir", temp_dir, "--include-dashboard", "false", "--disable-usage-stats",
-                        *[a for flag, p in zip(flags, extra) for a in (f"--{flag}", str(p))]],
-                       check=True, capture_output=True, env=env, timeout=300)  # fmt: skip
+        started = subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--num-gpus", "1", "--num-cpus", "2",
+                                  "--temp-dir", temp_dir, "--include-dashboard", "false", "--disable-usage-stats",
+                                  *[a for flag, p in zip(flags, extra) for a in (f"--{flag}", str(p))]],
+                                 capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         address = f"127.0.0.1:{port}"
         device, reason, joining = devmode.job_device(address, temp_dir, num_gpus=1)
         assert (device, joining) == ("cpu", True)
