@@ -22,7 +22,8 @@ logger = logging.getLogger("openrlhf_coherent")
 
 GUARD_ADVICE = (
     "try the recommended guard --coherent.aggregate mean --coherent.sft_logp_floor 0.5, or "
-    "--reward.stop_properly_penalty_coef <a reward below the usual range> (truncated responses get it), "
+    "--reward.stop_properly_penalty_coef <a negative reward below the usual range> (a truncated response's whole reward; "
+    "a coefficient in [0, 1) is refused: it would scale a signed reward toward 0), "
     "a lower actor learning rate, or a larger KL coefficient (README, 'Reward hacking')"
 )
 

@@ -46,7 +46,9 @@ def exit_status(command: Callable[[], object]) -> int:
     try:
         command()
     except ConfigError as e:
-        print(f"openrlhf_coherent: error: {e}", file=sys.stderr)
+        from .redact import mask_text  # a message may quote a value that holds a secret
+
+        print(f"openrlhf_coherent: error: {mask_text(str(e))}", file=sys.stderr)
         return 2
     return 0
 
@@ -396,6 +398,21 @@ def validate(args) -> None:
             "the per-token rewards would escape it. Use --coherent.reward_type sequence, or "
             "--reward.overlong_buffer_len (an additive penalty) instead"
         )
+    if c.reward_type == "token" and isinstance(args.reward.clip_range, list):  # a tuple: OpenRLHF's default, dropped below
+        raise ConfigError(
+            "--reward.clip_range clamps the scalar reward only; with --coherent.reward_type token the per-token "
+            "rewards would escape it. Bound them with --coherent.token_clip instead"
+        )
+    stop_coef = getattr(args.reward, "stop_properly_penalty_coef", None)
+    if stop_coef is not None and 0 <= stop_coef < 1:
+        # OpenRLHF multiplies a truncated sample's reward by a coefficient >= 0. The coherent reward is
+        # signed: a negative one moves toward 0, so truncation would pay. Only its replacement form
+        # (a negative coefficient is the truncated sample's whole reward) penalises truncation here.
+        raise ConfigError(
+            f"--reward.stop_properly_penalty_coef {stop_coef}: OpenRLHF multiplies a truncated response's reward by it, "
+            "and the coherent reward is signed, so a negative reward would rise toward 0 (truncation rewarded). "
+            "Pass a negative value instead: the reward a truncated response gets, below the usual reward range"
+        )
     if args.train.async_enable:
         raise ConfigError(
             "--train.async_enable is not supported with the coherent reward yet (the plugin hooks the "
@@ -411,6 +428,10 @@ def validate(args) -> None:
     if c.alarm_window < 2:
         raise ConfigError(f"--coherent.alarm_window must be at least 2, got {c.alarm_window}")
     if c.rollout_log:
+        # Checked here, written by the trainer actor: one absolute path for both (the actor's working
+        # directory is Ray's copy of working_dir, on a cluster another node's). On a cluster it must
+        # be on a filesystem the trainer's node shares with this driver.
+        c.rollout_log = os.path.abspath(os.path.expanduser(c.rollout_log))
         check_rollout_log(c.rollout_log)
 
     from .remote_code import PPO_TRUST_FLAG, refuse_remote_code, share_with_workers

@@ -47,8 +47,10 @@ the driver's CUDA alone when the job runs on a cluster (`job_device`):
     i.e. `torch.cuda.is_available()` in the driver;
   - a running cluster (RAY_ADDRESS, `ray job submit`, a local `ray start`): its nodes, read over a
     short probe connection. GPUs that Ray detected (it adds an `accelerator_type:<model>` resource
-    only when it finds the hardware) mean CUDA; no GPUs, or GPUs declared by hand
-    (`ray start --num-gpus N` on CPU machines: this mode's fake GPUs) mean the CPU mode.
+    only when it finds the hardware) mean CUDA; no GPUs mean the CPU mode. GPUs without that tag
+    (`ray start --num-gpus N` on CPU machines: this mode's fake GPUs; or NVML failing inside a
+    container while CUDA works) are told apart by a one-GPU task on the cluster that asks torch;
+    if none can start in time the job is refused, naming OPENRLHF_COHERENT_DEVICE.
 The driver passes the decision to every worker in `runtime_env.env_vars` and its set-up hook
 (`worker_setup`) only reads it: calling `torch.cuda.is_available()` there would pin the worker's
 visible devices before Ray sets CUDA_VISIBLE_DEVICES for the actor. The driver applies the shims
@@ -289,9 +291,44 @@ def device_from_nodes(nodes: List[dict]) -> Tuple[str, str]:
     return "cpu", "the Ray cluster has no GPUs"
 
 
-def _probe_cluster(address: Optional[str], temp_dir: Optional[str]) -> List[dict]:
+def _declared_gpus(nodes: List[dict]) -> float:
+    return sum(node.get("Resources", {}).get("GPU", 0) for node in nodes if node.get("Alive", True))
+
+
+# How long the one-GPU probe task may wait for a free GPU of the cluster (seconds).
+GPU_PROBE_TIMEOUT_ENV = "OPENRLHF_COHERENT_GPU_PROBE_TIMEOUT_S"
+
+
+def _gpu_task_sees_cuda() -> bool:
+    """Whether a one-GPU task on the connected cluster sees CUDA (torch, where the work runs).
+    DeviceError if no GPU frees up for it in time: the job is not run on a guess."""
+    import ray
+
+    timeout = float(os.environ.get(GPU_PROBE_TIMEOUT_ENV, "300"))
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    def cuda_available() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    ref = cuda_available.remote()
+    ready, _ = ray.wait([ref], timeout=timeout)
+    if not ready:
+        ray.cancel(ref, force=True)
+        raise DeviceError(
+            f"the Ray cluster declares GPUs without an accelerator type (fake GPUs, or NVML failing in a container "
+            f"while CUDA works), and a one-GPU task to tell which did not start within {timeout:g} s "
+            f"({GPU_PROBE_TIMEOUT_ENV}): set {DEVICE_ENV}=cuda or {DEVICE_ENV}=cpu"
+        )
+    return bool(ray.get(ref))
+
+
+def _probe_cluster(address: Optional[str], temp_dir: Optional[str], requested: str = "auto") -> Tuple[List[dict], Optional[bool]]:
     """The nodes of the running cluster, over a connection closed again before the job's own
-    `ray.init` (whose runtime_env must already carry the decision to the workers)."""
+    `ray.init` (whose runtime_env must already carry the decision to the workers); and, where they
+    declare GPUs that Ray tagged with no accelerator type and no device was requested, whether a
+    one-GPU task there sees CUDA (else None): a real GPU cluster is never taken for a fake one."""
     import ray
 
     probe_kwargs = {"address": address, "log_to_driver": False, "logging_level": logging.WARNING}
@@ -299,7 +336,9 @@ def _probe_cluster(address: Optional[str], temp_dir: Optional[str]) -> List[dict
         probe_kwargs["_temp_dir"] = temp_dir
     ray.init(**probe_kwargs)
     try:
-        return ray.nodes()
+        nodes = ray.nodes()
+        untagged = requested == "auto" and _declared_gpus(nodes) > 0 and device_from_nodes(nodes)[0] == "cpu"
+        return nodes, (_gpu_task_sees_cuda() if untagged else None)
     finally:
         ray.shutdown()
 
@@ -315,12 +354,16 @@ def job_device(address: Optional[str] = None, temp_dir: Optional[str] = None, nu
         return device, reason + " (Ray starts on this machine)", False
     if requested == "cuda":
         return "cuda", f"{DEVICE_ENV}=cuda", True
-    nodes = _probe_cluster(address, temp_dir)
+    nodes, cuda_seen = _probe_cluster(address, temp_dir, requested)
     device, reason = device_from_nodes(nodes)
+    if cuda_seen:
+        device, reason = "cuda", f"a one-GPU task on the Ray cluster sees CUDA (Ray tagged no accelerator type: {reason})"
+    elif cuda_seen is False:
+        reason += "; a one-GPU task there sees no CUDA"
     if requested == "cpu":
         device, reason = "cpu", f"{DEVICE_ENV}=cpu; {reason}"
     if device == "cpu":
-        declared = sum(n.get("Resources", {}).get("GPU", 0) for n in nodes if n.get("Alive", True))
+        declared = _declared_gpus(nodes)
         if not declared:
             raise DeviceError(
                 f"the Ray cluster this job joins has no GPUs, and the CPU development mode cannot add any to a "

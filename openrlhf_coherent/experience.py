@@ -22,6 +22,7 @@ import os
 import uuid
 from typing import List, Optional
 
+import ray
 import torch
 
 import openrlhf.trainer.ppo_utils.experience_maker as openrlhf_experience_maker
@@ -38,6 +39,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         super().__init__(*args, **kwargs)
         self.coherent = self.args.coherent
         self._reference_refs = None
+        self._coherent_refs = None  # the coherent forward in flight (make_experience)
         # Forwards run by the coherent actor in the last step (one per micro-batch and model):
         # logged, so a run shows that the SFT model is not run twice when reuse applies.
         self.last_forward_counts = {"base": 0, "sft": 0}
@@ -49,6 +51,13 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         self.floored = 0  # samples the floor guard replaced in the last rollout
 
     def _dispatch_forward(self, group, sync_condition, **kwargs):
+        critic = group is not None and group is self.critic_model_group
+        if critic and self.args.train.colocate_critic_reward and self._coherent_refs is not None:
+            # As stock OpenRLHF does for its reward model: the critic shares the reward group's GPUs,
+            # so it starts only once the coherent forward is done (the actor and reference forwards,
+            # on other GPUs, did not wait).
+            ray.get(self._coherent_refs)
+            ray.get(self.reward_model_group.async_run_method(method_name="empty_cache"))
         ref = super()._dispatch_forward(group, sync_condition, **kwargs)
         if group is not None and group is self.initial_model_group:
             self._reference_refs = ref
@@ -58,21 +67,24 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
     def make_experience(self, samples_list: List[Experience]) -> List[Experience]:
         args = self.args
         duplicate_factor = args.ds.ring_attn_size * args.ds.tensor_parallel_size
-        coherent_refs = self._dispatch_forward(
+        padded = padded_for_coherent_group(samples_list, args)  # the extra results are dropped below
+        self._coherent_refs = self._dispatch_forward(
             self.reward_model_group,
-            args.train.colocate_all or args.train.colocate_critic_reward,
-            sequences=[s.sequences for s in samples_list],
-            action_mask=[s.action_mask for s in samples_list],
-            attention_mask=[s.attention_mask for s in samples_list],
+            args.train.colocate_all,
+            sequences=[s.sequences for s in padded],
+            action_mask=[s.action_mask for s in padded],
+            attention_mask=[s.attention_mask for s in padded],
         )
         # A non-None reward tells the parent the reward is provided; the real value is set below.
         for samples in samples_list:
             samples.rewards = torch.zeros(len(samples.sequences))
 
         self._reference_refs = None
-        samples_list = super().make_experience(samples_list)
-
-        terms = self._flatten_results(coherent_refs, duplicate_factor)
+        try:
+            samples_list = super().make_experience(samples_list)
+            terms = self._flatten_results(self._coherent_refs, duplicate_factor)[: len(samples_list)]
+        finally:
+            self._coherent_refs = None
         if self.coherent.reuse_ref_logprobs:
             sft_log_probs = self._flatten_results(self._reference_refs, duplicate_factor)
         else:
@@ -169,27 +181,40 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         """On resume: drop this run's rows of rollouts after the checkpoint, which the resumed run
         makes again (and a last line cut short by the kill), so each step appears once. Rows of
         other runs stay. `run_id` None (a checkpoint of an older version, whose rows had no run id):
-        only rows without one are candidates. Returns the rows dropped."""
+        only rows without one are candidates. Returns the rows dropped.
+
+        Read from the end, and only back to this run's last row at or before the checkpoint (its
+        rows are appended in step order): an 8B run's log is gigabytes, the part to cut a few steps."""
         path = self.coherent.rollout_log
         if not path or not os.path.exists(path):
             return 0
-        kept, dropped = [], 0
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-        for number, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-                keep = row.get("run_id") != run_id or row["step"] <= rollout_step
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-                # config.check_rollout_log admitted only our rows, plus a last line a kill cut short.
-                keep = number != len(lines)
-            if keep:
-                kept.append(line if line.endswith("\n") else line + "\n")
-            else:
-                dropped += 1
-        if dropped:
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.writelines(kept)
+        kept, dropped, cut_at, last = [], 0, 0, True
+        with open(path, "r+b") as f:
+            for offset, raw in _lines_from_end(f):
+                if last and not raw:
+                    continue  # after the final newline
+                try:
+                    row = json.loads(raw)
+                    ours, step = row.get("run_id") == run_id, row["step"]
+                    redone = ours and step > rollout_step
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    # config.check_rollout_log admitted only our rows, plus a last line a kill cut short.
+                    ours, redone = False, last
+                last = False
+                if redone:
+                    dropped += 1
+                elif ours:  # this run's rows before it are all older: nothing more to cut
+                    cut_at = offset + len(raw) + 1
+                    break
+                else:
+                    kept.append(raw + b"\n")
+            if dropped and not kept:
+                f.truncate(cut_at)
+                return dropped
+        if dropped:  # rows of another run lie among the cut ones: rewrite the file without ours
+            with open(path, "rb") as f, open(path + ".tmp", "wb") as out:
+                out.write(f.read(cut_at))
+                out.writelines(reversed(kept))
             os.replace(path + ".tmp", path)
         return dropped
 
@@ -216,6 +241,35 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                         "label": e.labels[i] if i < len(e.labels) else None,
                     }
                     f.write(json.dumps(row) + "\n")
+
+
+def padded_for_coherent_group(micro_batches: list, args) -> list:
+    """`micro_batches` plus copies of the last one up to a multiple of the coherent group's
+    data-parallel size, under ZeRO-3 (unchanged otherwise). OpenRLHF hands each rank a
+    ceiling-sized chunk (10 on 4 ranks: 3, 3, 3, 1); under ZeRO-3 every forward gathers parameters
+    from all ranks of the group, so a rank with fewer micro-batches would leave the others waiting
+    forever."""
+    if args.ds.zero_stage != 3:
+        return micro_batches
+    ranks = args.reward.num_nodes * args.reward.num_gpus_per_node // (args.ds.ring_attn_size * args.ds.tensor_parallel_size)
+    return micro_batches + micro_batches[-1:] * (-len(micro_batches) % ranks)
+
+
+def _lines_from_end(f, block: int = 1 << 20):
+    """(offset, bytes without the newline) of each line of the binary file `f`, last line first."""
+    f.seek(0, os.SEEK_END)
+    pos, head = f.tell(), b""  # head: the bytes from pos on that may still continue before pos
+    while pos > 0:
+        size = min(block, pos)
+        pos -= size
+        f.seek(pos)
+        parts = (f.read(size) + head).split(b"\n")
+        head, offset, complete = parts[0], pos + len(parts[0]) + 1, []
+        for part in parts[1:]:
+            complete.append((offset, part))
+            offset += len(part) + 1
+        yield from reversed(complete)
+    yield 0, head
 
 
 def total_reward(result) -> torch.Tensor:

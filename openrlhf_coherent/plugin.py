@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from . import config, devmode
+from . import config, devmode, redact
 
 logger = logging.getLogger("openrlhf_coherent")
 
@@ -71,6 +71,8 @@ class CoherentRewardPlugin:
         return args.reward.model_name_or_path == self.name
 
     def validate(self, args) -> None:
+        # Before OpenRLHF prints every argument and uploads them to wandb: never the key itself.
+        redact.check_wandb_key(args)
         if self.selected(args):
             config.validate(args)
         else:

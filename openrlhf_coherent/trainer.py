@@ -9,6 +9,7 @@ same alarm window, the same `--coherent.sft_logp_floor` reference and the rollou
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List
 
 import ray
@@ -18,6 +19,7 @@ import transformers
 from openrlhf.trainer.ppo_trainer import PPOTrainer
 from openrlhf.utils.logging_utils import init_logger
 
+from . import redact
 from .alarm import HackingAlarm
 from .experience import CoherentExperienceMaker
 
@@ -54,6 +56,13 @@ def coherent_rollout_stats(experiences: List, maker: CoherentExperienceMaker) ->
 @ray.remote
 class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
     def __init__(self, pretrain, strategy, *args, **kwargs):
+        if strategy.args.logger.wandb.key == redact.FROM_ENV and not os.environ.get(redact.WANDB_ENV):
+            # wandb runs here, maybe on another node than the driver; the key is not passed in the
+            # job's runtime_env by us (Ray writes runtime_env values into its logs).
+            raise RuntimeError(
+                f"--logger.wandb.key env: {redact.WANDB_ENV} is not set where the PPO trainer runs: start Ray "
+                f"(`ray start`) with it in the environment, or forward it in the job's runtime_env (which Ray logs)"
+            )
         # OpenRLHF builds the prompt dataloader in this actor, which seeds no RNG (only the model
         # actors call set_seed): its shuffle drew another prompt order in every run of one command.
         transformers.set_seed(strategy.seed)
@@ -108,6 +117,11 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
         maker.sft_logp_reference = saved["sft_logp_reference"]
         if self.alarm is not None and saved["alarm"] is not None:
             self.alarm.load_state_dict(saved["alarm"])
+        elif self.alarm is not None:
+            logger.warning(
+                "openrlhf_coherent: the alarm was off when this checkpoint was written: it takes its reference from "
+                "the first rollout after the resume (the policy being resumed, not the SFT model's own samples)"
+            )
         dropped = maker.cut_rollout_log_after(maker.rollout_step, maker.run_id)
         logger.info(
             f"openrlhf_coherent: resumed the coherent-reward state at rollout {maker.rollout_step}"

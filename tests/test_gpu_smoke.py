@@ -124,19 +124,45 @@ def test_coherent_actor_model_path_in_a_deepspeed_bf16_engine(tmp_path, monkeypa
     assert_matches(got, expected, openrlhf, action_mask)
 
 
+def vllm_tiny_models(root):
+    """(base, sft) like the suite's tiny pair, but with one attention head of 64 (the suite's has
+    four of 16): vLLM's attention backends refuse some small head sizes (FlashInfer takes 64, 128,
+    256; older FlashAttention builds 32, 64, ...); 64 is accepted by every one of them."""
+    from conftest import SFT_TEXTS
+    from openrlhf_coherent.tiny_models import finetune_copy, make_tiny_llama
+
+    base, sft = os.path.join(root, "base"), os.path.join(root, "sft")
+    make_tiny_llama(base, seed=0, num_heads=1)
+    finetune_copy(base, sft, SFT_TEXTS, steps=30)
+    return base, sft
+
+
+def vllm_ppo_argv(sft, base, prompts, out_dir):
+    """The command line of `test_two_ppo_steps_through_vllm`. `tests/test_cluster_review2.py` runs it
+    through our CLI's parser on CPU, so a flag our validation refuses is found without a GPU."""
+    from srppo_helpers import tiny_srppo_argv
+
+    argv = tiny_srppo_argv(sft, base, prompts, out_dir, "--algo.advantage.estimator", "reinforce",
+                           "--train.colocate_all", "--vllm.gpu_memory_utilization", "0.3")  # fmt: skip
+    argv[argv.index("--ds.param_dtype") + 1] = "bf16"
+    argv[argv.index("--ds.attn_implementation") + 1] = "sdpa"
+    return argv
+
+
+# Every GPU test that starts our PPO CLI, by its command-line builder (checked on CPU).
+PPO_ARGV_BUILDERS = [vllm_ppo_argv]
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None or importlib.util.find_spec("vllm").loader is None,
     reason="vLLM is not installed: the two PPO steps through vLLM are skipped",
 )
-def test_two_ppo_steps_through_vllm(tmp_path, tiny_models, prompt_file):
+def test_two_ppo_steps_through_vllm(tmp_path, prompt_file):
     """Two SRPPO steps on one GPU with the real vLLM engine, colocated (every role on the one GPU)."""
-    from srppo_helpers import run_srppo, step_logs, tiny_srppo_argv
+    from srppo_helpers import run_srppo, step_logs
 
-    base, sft = tiny_models
-    argv = tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--train.colocate_all", "--vllm.gpu_memory_utilization", "0.3")
-    argv[argv.index("--ds.param_dtype") + 1] = "bf16"
-    argv[argv.index("--ds.attn_implementation") + 1] = "sdpa"
-    log = run_srppo(argv, timeout=900)
+    base, sft = vllm_tiny_models(str(tmp_path / "models"))
+    log = run_srppo(vllm_ppo_argv(sft, base, prompt_file, str(tmp_path)), timeout=900)
     assert "this job runs on cuda" in log
     assert len(step_logs(log)) == 2
     assert "dev mode" not in log  # no CPU shim anywhere

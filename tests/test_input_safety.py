@@ -107,16 +107,22 @@ def test_evaluator_refuses_custom_code(evil_model, tiny_models, tmp_path, capsys
 
 
 def test_multi_node_script_masks_forwarded_secrets(tmp_path):
-    fake_ray = tmp_path / "ray"
+    # A python that records a job submission (submit_job.py) instead of making it, and runs the rest.
+    fake_python = tmp_path / "python"
     argv_file = tmp_path / "argv.json"
-    fake_ray.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(argv_file)!r}, 'w'))\n")
-    fake_ray.chmod(0o755)
+    fake_python.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                           f"if sys.argv[1:2] and sys.argv[1].endswith('submit_job.py'):\n"
+                           f"    json.dump(sys.argv[2:], open({str(argv_file)!r}, 'w')); sys.exit(0)\n"
+                           f"os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])\n")  # fmt: skip
+    fake_python.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("RUNTIME_ENV_JSON", "FORWARD_ENV", "DRY_RUN")}
-    env.update(RAY=str(fake_ray), PYTHON=sys.executable, RAY_ADDRESS="http://10.0.0.1:8265",
+    # Secrets are forwarded only when named (Ray logs runtime_env values): then they are masked in print.
+    env.update(FORWARD_ENV="HF_HOME HF_TOKEN WANDB_API_KEY", PYTHON=str(fake_python), RAY_ADDRESS="http://10.0.0.1:8265",
                HF_TOKEN="hf_SECRET123", WANDB_API_KEY="wandb_SECRET456", HF_HOME="/data/hf")  # fmt: skip
     proc = subprocess.run(["bash", "examples/scripts/srppo_multi_node.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "SECRET" not in proc.stdout + proc.stderr
+    assert "forwarding HF_TOKEN WANDB_API_KEY in the runtime_env: Ray writes its values into its logs" in proc.stderr
     (line,) = [l for l in proc.stdout.splitlines() if l.startswith("+ ")]
     shown = shlex.split(line[2:])
     shown_env = json.loads(shown[shown.index("--runtime-env-json") + 1])["env_vars"]

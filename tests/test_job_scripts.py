@@ -3,7 +3,7 @@
 Real runs (each starts Ray + DeepSpeed and runs SFT + PPO on the tiny CPU recipe) are the most
 expensive tests of the project, so there are two, each covering two scripts:
 - here, srppo_slurm.sbatch without Slurm (SLURM_LOCAL=1, one node): it starts a Ray head with
-  fake GPUs, waits for it, and submits through srppo_multi_node.sh (`ray job submit`), whose PPO
+  fake GPUs, waits for it, and submits through srppo_multi_node.sh (submit_job.py), whose PPO
   stage joins that cluster;
 - tests/test_notebooks.py: the quickstart notebook trains through srppo_single_node.sh.
 """
@@ -87,8 +87,8 @@ def test_single_node_dry_run(tmp_path):
 
 
 def submitted(out):
-    """(runtime_env, entrypoint argv) of the `ray job submit` line a script printed."""
-    line = next(x for x in out.splitlines() if x.startswith("+ ") and " job submit " in x)
+    """(runtime_env, entrypoint argv) of the job submission line a script printed."""
+    line = next(x for x in out.splitlines() if x.startswith("+ ") and "submit_job.py " in x)
     argv = shlex.split(line[2:])  # the scripts print shell-quoted command lines
     runtime_env = json.loads(argv[argv.index("--runtime-env-json") + 1])
     return argv, runtime_env, argv[argv.index("--") + 1 :]
@@ -149,7 +149,7 @@ def test_slurm_refuses_to_run_outside_slurm_unless_told():
 
 def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
     """The real thing, on CPU: one-node 'allocation', Ray head with 5 fake GPUs, job submitted with
-    `ray job submit` by srppo_multi_node.sh, SFT + 2 PPO steps; then Ray is gone again."""
+    submit_job.py by srppo_multi_node.sh, SFT + 2 PPO steps; then Ray is gone again."""
     root = tmp_path / "tiny"
     subprocess.run([sys.executable, "-m", "openrlhf_coherent.tiny_models", str(root)], check=True, capture_output=True)
     # Ray's unix sockets live under the temp dir: keep its path short (AF_UNIX limit ~107 bytes).
@@ -183,7 +183,7 @@ def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-6000:]
         assert "srppo_slurm: Ray cluster up: 1 node(s), 5 GPU(s) each" in out
-        assert "succeeded" in out  # `ray job submit` reports the job's final status
+        assert "succeeded" in out  # submit_job.py reports the job's final status
         recipe = root / "recipe"
         for model in ("sft", "ppo"):
             assert (recipe / model / "config.json").exists(), f"stage {model} saved no model\n{out[-4000:]}"

@@ -16,6 +16,47 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATCH = os.path.join(REPO, "patches", "openrlhf-0.11.2-reward-plugins.patch")
 
 
+def patched_copy(tmp_path):
+    """A copy of the installed OpenRLHF with the patch applied, in tmp_path/site."""
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
+    applied = subprocess.run(["patch", "-p1", "-i", PATCH], cwd=site, capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "FAILED" not in applied.stdout and "offset" not in applied.stdout.lower(), applied.stdout
+    return site
+
+
+def test_our_cli_still_works_on_a_patched_install(tiny_models, prompt_file, tmp_path):
+    """Both routes on one patched install: `openrlhf_coherent.cli.train_ppo_ray` (used by the recipe,
+    cli.srppo and every job script) must not add the --coherent.* flags a second time (argparse
+    refused: "conflicting option string") nor call the plugin's hooks twice. Parse, then a short run."""
+    base, sft = tiny_models
+    site = patched_copy(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = tiny_srppo_argv(sft, base, prompt_file, str(out), "--algo.advantage.estimator", "reinforce")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+               TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0")  # fmt: skip
+    code = (
+        "import sys, openrlhf, openrlhf.utils.reward_plugins\n"
+        "from openrlhf_coherent.cli.train_ppo_ray import parse_args\n"
+        "args = parse_args(sys.argv[1:])\n"
+        "print('PARSED', openrlhf.__file__, args.coherent.base_model, args.algo.advantage.estimator)\n"
+    )
+    parsed = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert parsed.returncode == 0, parsed.stderr[-4000:]
+    line = [x for x in parsed.stdout.splitlines() if x.startswith("PARSED ")]
+    assert line and line[-1].split()[1:] == [str(site / "openrlhf" / "__init__.py"), base, "reinforce"], parsed.stdout
+
+    proc = subprocess.run([sys.executable, "-m", "openrlhf_coherent.cli.train_ppo_ray", *argv],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=420, env=env)  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    assert [s for s, _ in step_logs(log)] == [1, 2], log[-3000:]
+    assert log.count("openrlhf_coherent: this job runs on") == 1  # ray_init_kwargs ran once, not twice
+    check_rewards_match_independent_computation(str(out), sft, base, 2)
+
+
 def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path):
     """Also the suite's end-to-end check of two variants: SRPPO without a reference model
     (reinforce, KL 0: the coherent actor then computes log p_SFT itself), and the token-wise
@@ -23,11 +64,7 @@ def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path
     and the rollout log carry each sample's total reward, which equals the independently computed
     sum of log-ratios, not the scalar part (0 for this variant)."""
     base, sft = tiny_models
-    site = tmp_path / "site"
-    shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
-    applied = subprocess.run(["patch", "-p1", "-i", PATCH], cwd=site, capture_output=True, text=True)
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    assert "FAILED" not in applied.stdout and "offset" not in applied.stdout.lower(), applied.stdout
+    site = patched_copy(tmp_path)
 
     out = tmp_path / "run"
     out.mkdir()
@@ -57,9 +94,7 @@ def test_stock_cli_runs_srppo_after_the_patch(tiny_models, prompt_file, tmp_path
 
 def test_patch_is_inert_without_a_plugin_name(tmp_path):
     """Stock command lines (a real reward model path) resolve no plugin: behaviour unchanged."""
-    site = tmp_path / "site"
-    shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
-    subprocess.run(["patch", "-p1", "-s", "-i", PATCH], cwd=site, check=True)
+    site = patched_copy(tmp_path)
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "from openrlhf.utils.reward_plugins import find_reward_plugin\n"

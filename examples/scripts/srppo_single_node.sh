@@ -19,12 +19,12 @@ set -euo pipefail
 
 CONFIG=${CONFIG:-examples/configs/srppo_llama3_8b_min_overlap.yaml}
 PYTHON=${PYTHON:-python}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
-# The command as one shell-quoted line (copy-pasteable, parseable).
+# The command as one shell-quoted line (copy-pasteable, parseable), secrets shown as *** (the
+# project's one masker, openrlhf_coherent/redact.py, run as a file: it needs only Python).
 quoted() {
-  local line
-  line=$(printf '%q ' "$@")
-  echo "${line% }"
+  "$PYTHON" "$REPO/openrlhf_coherent/redact.py" "$@"
 }
 
 args=(--config "$CONFIG")

@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from openrlhf_coherent.config import ConfigError, check_causal_lm, exit_status, flag_value
 from openrlhf_coherent.losses import LOSSES
+from openrlhf_coherent.redact import wandb_key_from_env
 
 # train_dpo flags the loop sets (the round's model, reference, data, epochs, output).
 OWNED_TRAIN_FLAGS = {
@@ -111,6 +112,10 @@ def parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    try:  # train_dpo's flags go into sera_config.json, round_t/train.log and OpenRLHF's own printing
+        train_args = wandb_key_from_env(train_args, "sera")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return args, absolute_paths(args, train_args)
 
 

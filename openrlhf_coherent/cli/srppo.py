@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 from openrlhf_coherent.recipe import resume
 from openrlhf_coherent.recipe.config import RecipeConfig, RecipeConfigError, load_config
 from openrlhf_coherent.launch import single_process_env, with_cpu_site
+from openrlhf_coherent.redact import mask_argv, mask_text, mask_tree
 from openrlhf_coherent.recipe.stages import Stage, build_stages, cuda_available, is_local, select_stages
 
 
@@ -58,7 +59,9 @@ def stage_env(stage: Stage, cuda: bool) -> Dict[str, str]:
 
 
 def command_line(argv: Sequence[str], env: Dict[str, str]) -> str:
-    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(argv)])
+    """The stage's command as printed (dry run, `[srppo] $` line): secrets masked."""
+    env = mask_tree(env)
+    return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(mask_argv(argv))])
 
 
 def plan(cfg: RecipeConfig, names: Optional[str], cuda: bool):
@@ -97,7 +100,7 @@ def save_resolved_config(cfg: RecipeConfig, out_dir: str) -> str:
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if not k.startswith("_")}
     path = os.path.join(out_dir, f"recipe_config_{time.strftime('%Y%m%d-%H%M%S')}.yaml")
     with open(path, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
+        yaml.safe_dump(mask_tree(data), f, sort_keys=False)
     return path
 
 
@@ -144,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return run(args)
     except RecipeConfigError as e:
-        print(f"srppo: config error: {e}", file=sys.stderr)
+        print(f"srppo: config error: {mask_text(str(e))}", file=sys.stderr)  # it may quote a value
         return 2
 
 

@@ -30,6 +30,7 @@ from openrlhf_coherent import devmode
 from openrlhf_coherent.cli.runpy_hooks import replaced
 from openrlhf_coherent.launch import make_single_process
 from openrlhf_coherent.config import ConfigError, exit_status
+from openrlhf_coherent.redact import check_wandb_key
 from openrlhf_coherent.losses import LOSSES, make_loss
 
 OPENRLHF_CLI = "openrlhf.cli.train_dpo"
@@ -150,6 +151,7 @@ def _run(argv: Sequence[str]) -> None:
 
     def hierarchize(flat_args):  # OpenRLHF's args tree, checked before train() loads a model
         args = original_hierarchize(flat_args)
+        check_wandb_key(args)  # before OpenRLHF prints every argument
         check_output_dir(args)
         check_preference_data(args)
         return args

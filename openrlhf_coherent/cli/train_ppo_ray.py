@@ -43,6 +43,11 @@ def plugin_installed(plugin: CoherentRewardPlugin, coherent: bool) -> Iterator[N
         import openrlhf.trainer.ray.launcher as launcher
         import openrlhf.utils.config as openrlhf_config
 
+        try:  # present only where patches/ was applied to the installed OpenRLHF
+            import openrlhf.utils.reward_plugins as patched_plugins
+        except ImportError:
+            patched_plugins = None
+
     original_parse_args = argparse.ArgumentParser.parse_args
     original_hierarchize = openrlhf_config.hierarchize
     original_ray_init = ray.init
@@ -67,6 +72,11 @@ def plugin_installed(plugin: CoherentRewardPlugin, coherent: bool) -> Iterator[N
         stack.enter_context(replaced(argparse.ArgumentParser, "parse_args", parse_args))
         stack.enter_context(replaced(openrlhf_config, "hierarchize", hierarchize))
         stack.enter_context(replaced(ray, "init", ray_init))
+        if patched_plugins is not None:
+            # A patched CLI finds this plugin by its entry point and calls the same hooks itself: a
+            # second add_arguments is refused by argparse (conflicting --coherent.* flags), and
+            # validate/ray_init_kwargs would run twice. Here these hooks are the only ones.
+            stack.enter_context(replaced(patched_plugins, "find_reward_plugin", lambda argv=None: None))
         if coherent:
             stack.enter_context(replaced(launcher, "RewardModelActor", plugin.reward_actor_class))
             stack.enter_context(replaced(ppo_trainer, "PPOTrainer", plugin.trainer_class))

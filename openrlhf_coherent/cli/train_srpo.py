@@ -33,6 +33,7 @@ from openrlhf_coherent.cli.runpy_hooks import replaced
 from openrlhf_coherent import config, devmode
 from openrlhf_coherent.launch import make_single_process
 from openrlhf_coherent.config import ConfigError, exit_status
+from openrlhf_coherent.redact import check_wandb_key
 
 OPENRLHF_CLI = "openrlhf.cli.train_dpo"
 JSON_EXTENSIONS = (".json", ".jsonl")
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate(args, argv: Sequence[str]) -> None:
     """Checks that need no model; raises ConfigError naming the flag (or the file and line)."""
+    check_wandb_key(args)  # before OpenRLHF prints every argument
     from openrlhf_coherent.srpo.dataset import check_jsonl
     from openrlhf_coherent.srpo.templates import load_template
 

@@ -19,6 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from openrlhf_coherent.redact import wandb_key_from_env
+
 METHODS = ("srppo", "sft_extended", "spin", "ppo_rm")
 LAUNCHERS = ("auto", "deepspeed", "torchrun", "python")
 
@@ -300,7 +302,10 @@ def _coerce(value, hint, key: str, source: str):
             bad = [v for v in value if isinstance(v, (dict, list)) or v is None]
             if bad:
                 raise RecipeConfigError(f"{source}: {key}: list items must be strings or numbers, got {bad[0]!r}")
-            return [_flag_text(v) for v in value]
+            try:  # a `${WANDB_API_KEY}` in a flag list becomes `env`: the key stays off every command line
+                return wandb_key_from_env([_flag_text(v) for v in value], f"{source}: {key}")
+            except ValueError as e:
+                raise RecipeConfigError(str(e)) from None
         return [v if isinstance(v, dict) else _fail(key, source, "a list of mappings", value) for v in value]
     if origin in (dict, Dict):
         return dict(value) if isinstance(value, dict) else _fail(key, source, "a mapping", value)

@@ -20,6 +20,7 @@ from typing import List, Optional, Tuple
 
 from .config import RecipeConfigError
 from .stages import Stage
+from ..redact import mask_argv
 
 COMPLETE, RESUME, FRESH = "complete", "resume", "fresh"
 
@@ -160,7 +161,7 @@ def mark_complete(stage: Stage, argv: List[str], seconds: float) -> None:
     path = marker_path(stage)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
-        json.dump({"stage": stage.label, "command": argv, "seconds": round(seconds, 1),
+        json.dump({"stage": stage.label, "command": mask_argv(argv), "seconds": round(seconds, 1),
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)  # fmt: skip
     os.replace(path + ".tmp", path)
 

@@ -149,6 +149,13 @@ def sft_extended_stage(cfg: RecipeConfig, out: str, sft_out: str, cuda: bool) ->
 def launcher(cfg: RecipeConfig, module: str, cuda: bool):
     """(command prefix, single_process_distributed) for a DeepSpeed training CLI."""
     kind = cfg.sft.launcher
+    if kind == "auto" and not cuda and cfg.sft.launcher_args:
+        # `auto` can only ask this machine (where the recipe runs) for CUDA; launcher_args (a
+        # hostfile) say the work runs elsewhere, and the CPU launcher would silently drop them.
+        raise RecipeConfigError(
+            f"sft.launcher auto: no CUDA on this machine, so stage 1 would run as one CPU process without "
+            f"sft.launcher_args {cfg.sft.launcher_args}: set sft.launcher to deepspeed or torchrun"
+        )
     if kind == "auto":
         kind = "deepspeed" if cuda else "python"
     if kind == "deepspeed":
@@ -236,6 +243,8 @@ def coherent_flags(options: Dict) -> List[str]:
     for key, value in options.items():
         if value is False or value is None:
             continue
+        if key == "rollout_log":  # written by the trainer actor, whose working directory is not ours
+            value = absolute(str(value))
         flags += [f"--coherent.{key}"] if value is True else [f"--coherent.{key}", str(value)]
     return flags
 

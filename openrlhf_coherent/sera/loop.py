@@ -25,6 +25,7 @@ import time
 from typing import Dict, List, Sequence
 
 from openrlhf_coherent.evaluator.output import read_rows, write_rows
+from openrlhf_coherent.redact import mask_argv
 
 from .rounds import Round, first_unfinished, invalidate_after, policies
 from .selection import as_flags, bootstrap_row, offline_row, round_reward_models
@@ -141,7 +142,7 @@ def train(args, train_args: Sequence[str], r: Round, init: str) -> None:
         shutil.rmtree(r.model)
     cmd = train_command(args, train_args, r, init)
     with open(r.path("train.log"), "w") as f:
-        f.write(shlex.join(cmd) + "\n")
+        f.write(shlex.join(mask_argv(cmd)) + "\n")
         f.flush()
         proc = subprocess.run(cmd, cwd=r.dir, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
     if proc.returncode != 0 or not os.path.exists(os.path.join(r.model, "config.json")):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from openrlhf_coherent.config import ConfigError
+from openrlhf_coherent.redact import mask_tree
 
 CONFIG = "sera_config.json"
 RESUMABLE = ("--rounds",)  # the only flag a resume may change (to add rounds)
@@ -82,7 +83,9 @@ def invalidate_after(root: str, t: int) -> List[str]:
 
 def check_config(root: str, config: Dict) -> None:
     """Record the run's flags on the first run; on a resume, refuse any that differ (scores,
-    samples and models on disk were made with the old ones), naming them."""
+    samples and models on disk were made with the old ones), naming them. Stored and compared
+    with secrets masked."""
+    config = mask_tree(config)
     path = os.path.join(root, CONFIG)
     if os.path.exists(path):
         with open(path) as f:
