@@ -199,3 +199,25 @@ def test_cli_exits_2_with_one_line(constructed, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "openrlhf_coherent: error: --output" in err and "Traceback" not in err
+
+
+def test_demo_wrong_answers_as_a_user_perturbation_file():
+    """demo/audit_perturbations.py, loaded as a user's file: each kind is reward_check's wrong answer."""
+    import random
+
+    from demo.evaluate import MAX_NEW_TOKENS
+    from demo.reward_check import KINDS, wrong_responses
+    from demo.world import ideal_response, make_world
+    from openrlhf_coherent.evaluator import perturbations as P
+    from openrlhf_coherent.tiny_models import build_tokenizer
+
+    kinds = P.load_user_perturbations(os.path.join(os.path.dirname(os.path.dirname(__file__)), "demo", "audit_perturbations.py"))
+    assert list(kinds) == list(KINDS)
+    spec = next(s for s in make_world(0).eval_out if s.exclude)
+    correct = ideal_response(spec, random.Random(0), ordered=True)
+    ref = P.Reference(3, {"spec": spec.to_dict()}, correct, build_tokenizer())
+    for name, fn in kinds.items():
+        text, finished = P.apply(fn, name, ref)
+        expected = wrong_responses(spec, correct, random.Random(f"{spec.to_dict()}|{name}"), MAX_NEW_TOKENS)[name]
+        assert (text, finished) == expected and text != correct
+    assert P.apply(kinds["overlong_repeat"], "overlong_repeat", ref)[1] is False  # no EOS: cut at the limit

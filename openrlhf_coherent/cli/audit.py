@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default=None, help="Comma-separated built-in kinds to run (default: all)")
     p.add_argument("--sft_logp_floor", type=float, default=0.5, help="F of the floored aggregations (as --coherent.sft_logp_floor)")
     p.add_argument("--continue_tokens", type=int, default=64, help="Tokens the SFT model samples past the reference's end (0: no continue_sft kind)")
-    p.add_argument("--flag_below", type=float, default=0.5, help="Flag a kind whose reference win rate is below this")
+    p.add_argument("--flag_below", type=float, default=0.5, help="Flag a kind whose reference win rate is below this (and name the recommendation's close calls, below this + 0.1)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -243,7 +243,7 @@ def verdict(table: Dict[str, Dict[str, dict]], flag_below: float, floor: float) 
     for agg in AGGREGATIONS:
         for k in preferred[agg]:
             s = table[agg][k]
-            direction = "longer" if s["mean_length_change"] > 0 else "shorter" if s["mean_length_change"] < 0 else "as long"
+            direction = "longer" if s["mean_length_change"] > 0 else "shorter" if s["mean_length_change"] < 0 else "same-length"
             text = f"{agg}: prefers {k} on {round(100 * (1 - s['win_rate']))}% of prompts (a {direction} response"
             text += f", {s['mean_length_change']:+.1f} tokens)"
             if direction == "shorter":
@@ -253,12 +253,22 @@ def verdict(table: Dict[str, Dict[str, dict]], flag_below: float, floor: float) 
             if agg != best and k not in preferred[best]:
                 text += f"; {best} does not: {best_flags}"
             lines.append(text)
+    # Close calls of the recommendation: a reference that wins barely more often than a coin flip
+    # is a direction PPO can still move in (few prompts need to tip).
+    close = [k for k, st in table[best].items() if st and flag_below <= st["win_rate"] < flag_below + 0.1]
+    lines += [
+        f"{best}: close call, the reference beats {k} on only {round(100 * table[best][k]['win_rate'])}% of prompts "
+        f"({table[best][k]['mean_length_change']:+.1f} tokens)"
+        for k in close
+    ]
     summary = (
         f"recommended: {best} ({best_flags}); it still prefers {', '.join(preferred[best])}"
         if preferred[best]
         else f"recommended: {best} ({best_flags}); it prefers no perturbation over the reference on most prompts"
     )
-    return {"flags": lines, "preferred": preferred, "recommended": best, "recommended_flags": best_flags, "summary": summary}
+    if close:
+        summary += f" (close calls: {', '.join(close)})"
+    return {"flags": lines, "preferred": preferred, "close_calls": close, "recommended": best, "recommended_flags": best_flags, "summary": summary}
 
 
 def analyse(scores: Dict[int, Dict[str, dict]], kinds: Sequence[str], truncated: Dict[str, int], args) -> dict:
