@@ -1,0 +1,117 @@
+"""The coherent reward mixed with a rule reward (`--reward.remote_url`) in one real PPO run.
+
+Unit level: the mix and its normalisations, and OpenRLHF's executor driven by `mix.RuleReward`
+(missing, NaN and raising rewards stop with the file and the sample named). End to end through
+`openrlhf_coherent.cli.train_ppo_ray` (real Ray, DeepSpeed, OpenRLHF's trainer): with GAE, every
+sample's trained reward is exactly 2 x coherent + 0.5 x rule (fp32), the rule term is what the
+reward_func file returns for OpenRLHF's query text, and the per-term logs reach the step status;
+a raising reward_func stops the run naming the file and the sample.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from srppo_helpers import metric, step_logs, tiny_srppo_argv
+
+RULE = '''
+import torch
+
+def reward_func(queries, prompts, labels):
+    words = [float(len(q.split())) for q in queries]
+    rewards = torch.tensor([w % 4 for w in words])
+    return {"rewards": rewards, "scores": rewards, "extra_logs": {"rule_words": torch.tensor(words)}}
+'''
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_mix_weights_and_normalisations():
+    from openrlhf_coherent.mix import mix, zscore
+
+    c = torch.tensor([1.0, 3.0, -2.0, 0.0])
+    r = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    assert torch.equal(mix(c, r, 2.0, 0.5, "none", 2), 2.0 * c + 0.5 * r)
+    z = zscore(c, None)
+    assert z.mean().abs() < 1e-6 and (z.std(unbiased=False) - 1).abs() < 1e-6
+    # Per group of 2 consecutive samples (one prompt's); a constant group ranks nothing: 0.
+    assert torch.equal(zscore(r, 2), torch.tensor([-1.0, 1.0, 0.0, 0.0]))
+    assert torch.allclose(mix(c, r, 1.0, 3.0, "group", 2), torch.tensor([-1.0 - 3.0, 1.0 + 3.0, -1.0, 1.0]))
+
+
+def test_rule_reward_failures_name_the_file_and_the_sample(tmp_path):
+    from openrlhf_coherent.mix import RuleReward, RuleRewardError
+
+    ok = RuleReward(write(tmp_path, "rule.py", RULE))
+    out = ok(["a b c", "a b c d e"], ["p1", "p2"], ["", ""], step=3)
+    assert [o["reward"] for o in out] == [3.0, 1.0] and out[1]["extra_logs"] == {"rule_words": 5.0}
+    cases = {
+        "raises.py": ("def reward_func(q, p, l):\n    raise ValueError('checker crashed')\n", "reward_func raised ValueError: checker crashed"),
+        "nan.py": ("def reward_func(q, p, l):\n    return {'rewards': [float('nan')] * len(q)}\n", "returned the reward [nan]"),
+        "missing.py": ("def reward_func(q, p, l):\n    return {'scores': [1.0] * len(q)}\n", "returned no 'rewards'"),
+    }
+    for name, (text, message) in cases.items():
+        path = write(tmp_path, name, text)
+        with pytest.raises(RuleRewardError) as e:
+            RuleReward(path)(["q0", "q1"], ["first prompt", "second prompt"], ["", ""], step=3)
+        assert f"--reward.remote_url {path}: rollout 3, sample 0 (prompt 'first prompt')" in str(e.value), e.value
+        assert message in str(e.value)
+
+
+def run(argv, timeout=420):
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0")
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "openrlhf_coherent.cli.train_ppo_ray", *argv],
+                          capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_gae_run_trains_on_the_exact_weighted_mix(tmp_path, tiny_models, prompt_file):
+    from transformers import AutoTokenizer
+
+    base, sft = tiny_models
+    rule = write(tmp_path, "rule.py", RULE)
+    argv = tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--reward.remote_url", rule,
+                           "--coherent.weight", "2", "--coherent.rule_weight", "0.5",
+                           "--algo.advantage.estimator", "gae", "--critic.model_name_or_path", sft)  # fmt: skip
+    status, log = run(argv)
+    assert status == 0, log[-6000:]
+    rows = [json.loads(line) for line in open(tmp_path / "rollouts.jsonl")]
+    assert len(rows) == 8
+    tok = AutoTokenizer.from_pretrained(sft)
+    for row in rows:
+        # The rule term is the file's reward on OpenRLHF's query: prompt + response, special tokens kept.
+        query = tok.decode(row["prompt_ids"] + row["response_ids"], skip_special_tokens=False)
+        assert row["rule_reward"] == float(len(query.split()) % 4), row
+        total = torch.tensor(row["coherent_reward"]) * 2.0 + torch.tensor(row["rule_reward"]) * 0.5
+        assert row["reward"] == total.item(), row  # exactly: the same fp32 arithmetic
+    assert len({r["rule_reward"] for r in rows}) > 1, "the rule reward never varied: the check above is weak"
+    steps = step_logs(log)
+    assert len(steps) == 2
+    for step, status_dict in steps:
+        step_rows = [r for r in rows if r["step"] == step]
+        for key in ("coherent/reward_mean", "rule/reward_mean", "rule/reward_std", "reward/total_mean", "rule_words"):
+            assert f"'{key}'" in status_dict, key
+        assert metric(status_dict, "rule/reward_mean") == pytest.approx(sum(r["rule_reward"] for r in step_rows) / 4, abs=1e-4)
+        assert metric(status_dict, "reward/total_mean") == pytest.approx(sum(r["reward"] for r in step_rows) / 4, abs=1e-4)
+        assert "critic_loss" in status_dict
+
+
+def test_a_raising_reward_func_stops_the_run_naming_file_and_sample(tmp_path, tiny_models, prompt_file):
+    base, sft = tiny_models
+    rule = write(tmp_path, "broken.py", "def reward_func(q, p, l):\n    raise KeyError('label')\n")
+    argv = tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--reward.remote_url", rule,
+                           "--algo.advantage.estimator", "reinforce")  # fmt: skip
+    status, log = run(argv)
+    assert status != 0
+    assert f"--reward.remote_url {rule}: rollout 1, sample 0" in log and "reward_func raised KeyError" in log, log[-4000:]
+    assert not step_logs(log), "a step trained although the reward failed"
+    assert not os.path.exists(tmp_path / "rollouts.jsonl")
