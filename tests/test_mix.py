@@ -115,3 +115,31 @@ def test_a_raising_reward_func_stops_the_run_naming_file_and_sample(tmp_path, ti
     assert f"--reward.remote_url {rule}: rollout 1, sample 0" in log and "reward_func raised KeyError" in log, log[-4000:]
     assert not step_logs(log), "a step trained although the reward failed"
     assert not os.path.exists(tmp_path / "rollouts.jsonl")
+
+
+def test_group_estimator_with_per_prompt_normalisation(tmp_path, tiny_models, prompt_file):
+    """reinforce_baseline, 2 samples per prompt, each term z-scored within its prompt's samples:
+    the groups are found in prompt order (Experience.index), whatever order the micro-batches hold."""
+    base, sft = tiny_models
+    rule = write(tmp_path, "rule.py", RULE)
+    argv = tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--reward.remote_url", rule,
+                           "--coherent.mix_normalize", "group", "--coherent.rule_weight", "3",
+                           "--algo.advantage.estimator", "reinforce_baseline", "--rollout.n_samples_per_prompt", "2",
+                           "--data.max_samples", "4", "--rollout.batch_size", "2")  # fmt: skip
+    status, log = run(argv)
+    assert status == 0, log[-6000:]
+    rows = [json.loads(line) for line in open(tmp_path / "rollouts.jsonl")]
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["step"], tuple(row["prompt_ids"])), []).append(row)
+    assert sorted(map(len, groups.values())) == [2] * 4, "each prompt's 2 samples in one step"
+
+    def z(values):
+        v = torch.tensor(values)
+        std = v.std(unbiased=False)
+        return (v - v.mean()) / std if std > 0 else torch.zeros_like(v)
+
+    for group in groups.values():
+        expected = z([r["coherent_reward"] for r in group]) + 3.0 * z([r["rule_reward"] for r in group])
+        assert [r["reward"] for r in group] == pytest.approx(expected.tolist(), abs=1e-5), group
+    assert [s for s, _ in step_logs(log)] == [1, 2]
