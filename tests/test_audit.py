@@ -19,6 +19,7 @@ from conftest import plain_coherent_reward
 from openrlhf_coherent.cli import audit
 from openrlhf_coherent.config import ConfigError
 from openrlhf_coherent.files import loads
+from test_input_safety import evil_model  # noqa: F401  (a fixture: a model folder whose auto_map runs code)
 
 WORDS = ["red", "cat", "dog", "sun", "tree", "fish", "moon", "star"]
 USER_KINDS = '''
@@ -139,20 +140,6 @@ def test_perturbation_kinds_on_text():
 # --- bad input: a clear error naming the flag, before Ray and before any model loads ----------------
 
 
-@pytest.fixture
-def evil_base(constructed, tmp_path):
-    import shutil
-
-    folder = tmp_path / "evil"
-    shutil.copytree(constructed["base"], folder)
-    marker = tmp_path / "evil_code_ran"
-    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import LlamaConfig as EvilConfig\n")
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
-    (folder / "config.json").write_text(json.dumps(config))
-    return str(folder), marker
-
-
 def bad_cases(c, tmp, evil):
     full = tmp / "full"
     full.mkdir(exist_ok=True)
@@ -182,8 +169,8 @@ def bad_cases(c, tmp, evil):
     ]
 
 
-def test_bad_inputs_fail_before_ray_naming_the_flag(constructed, evil_base, tmp_path):
-    evil, marker = evil_base
+def test_bad_inputs_fail_before_ray_naming_the_flag(constructed, evil_model, tmp_path):  # noqa: F811
+    evil, marker = evil_model
     for args_list, message in bad_cases(constructed, tmp_path, evil):
         with pytest.raises(ConfigError, match=message):
             run(args_list)
