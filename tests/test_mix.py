@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from srppo_helpers import metric, step_logs, tiny_srppo_argv
+from srppo_helpers import metric, patched_openrlhf_site, step_logs, tiny_srppo_argv
 
 RULE = '''
 import torch
@@ -66,17 +66,69 @@ def test_rule_reward_failures_name_the_file_and_the_sample(tmp_path):
         assert message in str(e.value)
 
 
-def run(argv, timeout=420):
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0")
+def test_rule_reward_over_http():
+    """An HTTP reward endpoint (OpenRLHF's other --reward.remote_url form), through its own client."""
+    import asyncio
+    import socket
+    import threading
+
+    from aiohttp import web
+
+    from openrlhf_coherent.mix import RuleReward, RuleRewardError
+
+    async def reward(request):
+        data = await request.json()
+        if data["query"][0] == "bad":
+            return web.json_response({"rewards": [float("inf")]}, dumps=lambda x: '{"rewards": [1e999]}')
+        return web.json_response({"rewards": [float(len(q)) for q in data["query"]], "extra_logs": {"n": [1.0]}})
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.router.add_post("/reward", reward)
+    runner = web.AppRunner(app)
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}/reward"
+        out = RuleReward(url)(["abc", "abcdef"], ["p", "q"], ["", ""], step=1)
+        assert [o["reward"] for o in out] == [3.0, 6.0] and out[0]["extra_logs"] == {"n": 1.0}
+        with pytest.raises(RuleRewardError, match=f"--reward.remote_url {url}: rollout 1, sample 1 .*expected one finite number"):
+            RuleReward(url)(["abc", "bad"], ["p", "q"], ["", ""], step=1)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+def run(argv, timeout=420, module="openrlhf_coherent.cli.train_ppo_ray", **env_vars):
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", RAY_DEDUP_LOGS="0", **env_vars)
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "openrlhf_coherent.cli.train_ppo_ray", *argv],
+    proc = subprocess.run([sys.executable, "-m", module, *argv],
                           capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_gae_run_trains_on_the_exact_weighted_mix(tmp_path, tiny_models, prompt_file):
+def check_exact_mix(out_dir, sft, weight, rule_weight):
+    """Every rollout-log row: the rule term is RULE on OpenRLHF's query text (prompt + response,
+    special tokens kept), and the trained reward is exactly weight x coherent + rule_weight x rule."""
     from transformers import AutoTokenizer
 
+    rows = [json.loads(line) for line in open(os.path.join(out_dir, "rollouts.jsonl"))]
+    tok = AutoTokenizer.from_pretrained(sft)
+    for row in rows:
+        query = tok.decode(row["prompt_ids"] + row["response_ids"], skip_special_tokens=False)
+        assert row["rule_reward"] == float(len(query.split()) % 4), row
+        total = torch.tensor(row["coherent_reward"]) * weight + torch.tensor(row["rule_reward"]) * rule_weight
+        assert row["reward"] == total.item(), row  # exactly: the same fp32 arithmetic
+    assert len({r["rule_reward"] for r in rows}) > 1, "the rule reward never varied: the check above is weak"
+    return rows
+
+
+def test_gae_run_trains_on_the_exact_weighted_mix(tmp_path, tiny_models, prompt_file):
     base, sft = tiny_models
     rule = write(tmp_path, "rule.py", RULE)
     argv = tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--reward.remote_url", rule,
@@ -84,16 +136,8 @@ def test_gae_run_trains_on_the_exact_weighted_mix(tmp_path, tiny_models, prompt_
                            "--algo.advantage.estimator", "gae", "--critic.model_name_or_path", sft)  # fmt: skip
     status, log = run(argv)
     assert status == 0, log[-6000:]
-    rows = [json.loads(line) for line in open(tmp_path / "rollouts.jsonl")]
+    rows = check_exact_mix(tmp_path, sft, 2.0, 0.5)
     assert len(rows) == 8
-    tok = AutoTokenizer.from_pretrained(sft)
-    for row in rows:
-        # The rule term is the file's reward on OpenRLHF's query: prompt + response, special tokens kept.
-        query = tok.decode(row["prompt_ids"] + row["response_ids"], skip_special_tokens=False)
-        assert row["rule_reward"] == float(len(query.split()) % 4), row
-        total = torch.tensor(row["coherent_reward"]) * 2.0 + torch.tensor(row["rule_reward"]) * 0.5
-        assert row["reward"] == total.item(), row  # exactly: the same fp32 arithmetic
-    assert len({r["rule_reward"] for r in rows}) > 1, "the rule reward never varied: the check above is weak"
     steps = step_logs(log)
     assert len(steps) == 2
     for step, status_dict in steps:
@@ -143,3 +187,21 @@ def test_group_estimator_with_per_prompt_normalisation(tmp_path, tiny_models, pr
         expected = z([r["coherent_reward"] for r in group]) + 3.0 * z([r["rule_reward"] for r in group])
         assert [r["reward"] for r in group] == pytest.approx(expected.tolist(), abs=1e-5), group
     assert [s for s, _ in step_logs(log)] == [1, 2]
+
+
+def test_stock_cli_mixes_after_the_patch(tmp_path, tiny_models, prompt_file):
+    """Stock `openrlhf.cli.train_ppo_ray` with patches/ applied: the plugin's validation takes the
+    URL before OpenRLHF decides whether to build a reward group, so the mix works there too."""
+    from openrlhf_coherent.launch import with_cpu_site
+
+    base, sft = tiny_models
+    site = patched_openrlhf_site(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    rule = write(tmp_path, "rule.py", RULE)
+    argv = tiny_srppo_argv(sft, base, prompt_file, str(out), "--reward.remote_url", rule,
+                           "--coherent.rule_weight", "0.25", "--algo.advantage.estimator", "reinforce")  # fmt: skip
+    status, log = run(argv, module="openrlhf.cli.train_ppo_ray", PYTHONPATH=with_cpu_site(str(site)))
+    assert status == 0, log[-6000:]
+    check_exact_mix(out, sft, 1.0, 0.25)
+    assert [s for s, _ in step_logs(log)] == [1, 2] and "'rule/reward_mean'" in log
