@@ -72,6 +72,9 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         for samples in samples_list:
             samples.rewards = torch.zeros(len(samples.sequences))
 
+        # The rule reward (with --reward.remote_url) while the coherent actor's forward runs: a failing
+        # reward function stops the step before the policy, critic and reference forwards.
+        rule_out = self._rule_rewards(samples_list) if self.rule is not None else None
         self._reference_refs = None
         samples_list = super().make_experience(samples_list)
 
@@ -94,7 +97,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         if self.coherent.sft_logp_floor is not None:
             self._apply_sft_logp_floor(results)
 
-        totals = self._mix_rule_reward(samples_list, results) if self.rule is not None else None
+        totals = self._mix_rule_reward(samples_list, results, rule_out) if rule_out is not None else None
         for k, (samples, result) in enumerate(zip(samples_list, results)):
             if result.token_rewards is not None:
                 samples.info["coherent_token_rewards"] = result.token_rewards  # consumed below, not logged
@@ -113,10 +116,8 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                 samples.rewards = samples.info["reward"] = totals[k]
         return samples_list
 
-    def _mix_rule_reward(self, samples_list, results) -> List[torch.Tensor]:
-        """The rule reward of every sample (info["rule_reward"], and its reward_func's extra_logs),
-        and the total each trains on (mix.mix), per micro-batch. Normalisation runs in prompt order
-        (`Experience.index`, as OpenRLHF's group baselines do), so a group is one prompt's samples."""
+    def _rule_rewards(self, samples_list) -> List[dict]:
+        """mix.RuleReward on every sample of the rollout, in samples_list order."""
         queries, prompts, labels = [], [], []
         for samples in samples_list:
             for i in range(len(samples.sequences)):
@@ -125,7 +126,12 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                 queries.append(self.tokenizer.decode(ids, skip_special_tokens=False))
             prompts += list(samples.prompts)
             labels += list(samples.labels)
-        rule_out = self.rule(queries, prompts, labels, self.rollout_step + 1)
+        return self.rule(queries, prompts, labels, self.rollout_step + 1)
+
+    def _mix_rule_reward(self, samples_list, results, rule_out: List[dict]) -> List[torch.Tensor]:
+        """The rule reward of every sample (info["rule_reward"], and its reward_func's extra_logs),
+        and the total each trains on (mix.mix), per micro-batch. Normalisation runs in prompt order
+        (`Experience.index`, as OpenRLHF's group baselines do), so a group is one prompt's samples."""
         rule = torch.tensor([o["reward"] for o in rule_out], dtype=torch.float32)
         coherent = torch.cat([r.reward for r in results]).float()
         index = torch.tensor([i for samples in samples_list for i in samples.index])
@@ -137,7 +143,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         extra_keys = set.intersection(*(set(o["extra_logs"]) for o in rule_out)) if rule_out else set()
         for samples, part, start in zip(samples_list, rule.split(sizes), [sum(sizes[:k]) for k in range(len(sizes))]):
             samples.info["rule_reward"] = part
-            for key in sorted(extra_keys):
+            for key in sorted(extra_keys - set(samples.info)):  # never over our own keys ("reward", ...)
                 samples.info[key] = torch.tensor([o["extra_logs"][key] for o in rule_out[start : start + len(part)]])
         return list(total.split(sizes))
 

@@ -72,10 +72,6 @@ def check_output_folder(args) -> None:
     check_outputs([(args.output, "--output")], [(p, f) for p, f in inputs if os.path.exists(p)], folders=["--output"])
     if os.path.isdir(args.output) and os.listdir(args.output):
         raise ConfigError(f"--output {args.output}: exists and is not empty; the audit never overwrites: choose a new folder")
-    out = os.path.realpath(args.output)
-    for path, flag in inputs:
-        if os.path.exists(path) and os.path.realpath(path).startswith(out + os.sep):
-            raise ConfigError(f"--output {args.output}: holds the {flag} {path}; choose a folder outside the inputs")
 
 
 def selected_kinds(args) -> Dict[str, object]:
