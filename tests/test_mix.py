@@ -1,11 +1,12 @@
 """The coherent reward mixed with a rule reward (`--reward.remote_url`) in one real PPO run.
 
 Unit level: the mix and its normalisations, and OpenRLHF's executor driven by `mix.RuleReward`
-(missing, NaN and raising rewards stop with the file and the sample named). End to end through
-`openrlhf_coherent.cli.train_ppo_ray` (real Ray, DeepSpeed, OpenRLHF's trainer): with GAE, every
-sample's trained reward is exactly 2 x coherent + 0.5 x rule (fp32), the rule term is what the
-reward_func file returns for OpenRLHF's query text, and the per-term logs reach the step status;
-a raising reward_func stops the run naming the file and the sample.
+(missing, NaN and raising rewards stop with the file and the sample named). End to end
+(real Ray, DeepSpeed, OpenRLHF's trainer; our CLI and the patched stock one): through the
+patched stock CLI with GAE, every sample's trained reward is exactly 2 x coherent + 0.5 x rule
+(fp32), the rule term is what the reward_func file returns for OpenRLHF's query text, and the
+per-term logs reach the step status; with a group estimator each term is z-scored within its
+prompt's samples; a raising reward_func stops the run naming the file and the sample.
 """
 
 import json
@@ -17,6 +18,8 @@ import pytest
 import torch
 
 from srppo_helpers import metric, patched_openrlhf_site, step_logs, tiny_srppo_argv
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RULE = '''
 import torch
@@ -128,13 +131,19 @@ def check_exact_mix(out_dir, sft, weight, rule_weight):
     return rows
 
 
-def test_gae_run_trains_on_the_exact_weighted_mix(tmp_path, tiny_models, prompt_file):
+def test_gae_through_the_patched_stock_cli_trains_on_the_exact_weighted_mix(tmp_path, tiny_models, prompt_file):
+    """Stock `openrlhf.cli.train_ppo_ray` with patches/ applied (the plugin's validation takes the URL
+    before OpenRLHF decides whether to build a reward group), GAE with a critic."""
+    from openrlhf_coherent.launch import with_cpu_site
+
     base, sft = tiny_models
+    site = patched_openrlhf_site(tmp_path)
     rule = write(tmp_path, "rule.py", RULE)
     argv = tiny_srppo_argv(sft, base, prompt_file, str(tmp_path), "--reward.remote_url", rule,
                            "--coherent.weight", "2", "--coherent.rule_weight", "0.5",
                            "--algo.advantage.estimator", "gae", "--critic.model_name_or_path", sft)  # fmt: skip
-    status, log = run(argv)
+    # This checkout's package next to the patched OpenRLHF (the plugin is found by its entry point).
+    status, log = run(argv, module="openrlhf.cli.train_ppo_ray", PYTHONPATH=with_cpu_site(os.pathsep.join([str(site), REPO])))
     assert status == 0, log[-6000:]
     rows = check_exact_mix(tmp_path, sft, 2.0, 0.5)
     assert len(rows) == 8
@@ -186,22 +195,7 @@ def test_group_estimator_with_per_prompt_normalisation(tmp_path, tiny_models, pr
     for group in groups.values():
         expected = z([r["coherent_reward"] for r in group]) + 3.0 * z([r["rule_reward"] for r in group])
         assert [r["reward"] for r in group] == pytest.approx(expected.tolist(), abs=1e-5), group
-    assert [s for s, _ in step_logs(log)] == [1, 2]
+    steps = step_logs(log)
+    assert [s for s, _ in steps] == [1, 2]
+    assert all("'rule/reward_mean'" in status_dict and "'reward/total_mean'" in status_dict for _, status_dict in steps)
 
-
-def test_stock_cli_mixes_after_the_patch(tmp_path, tiny_models, prompt_file):
-    """Stock `openrlhf.cli.train_ppo_ray` with patches/ applied: the plugin's validation takes the
-    URL before OpenRLHF decides whether to build a reward group, so the mix works there too."""
-    from openrlhf_coherent.launch import with_cpu_site
-
-    base, sft = tiny_models
-    site = patched_openrlhf_site(tmp_path)
-    out = tmp_path / "run"
-    out.mkdir()
-    rule = write(tmp_path, "rule.py", RULE)
-    argv = tiny_srppo_argv(sft, base, prompt_file, str(out), "--reward.remote_url", rule,
-                           "--coherent.rule_weight", "0.25", "--algo.advantage.estimator", "reinforce")  # fmt: skip
-    status, log = run(argv, module="openrlhf.cli.train_ppo_ray", PYTHONPATH=with_cpu_site(str(site)))
-    assert status == 0, log[-6000:]
-    check_exact_mix(out, sft, 1.0, 0.25)
-    assert [s for s, _ in step_logs(log)] == [1, 2] and "'rule/reward_mean'" in log

@@ -231,7 +231,8 @@ def verdict(table: Dict[str, Dict[str, dict]], flag_below: float, floor: float) 
     }
 
     def mean_win(agg):
-        return statistics.fmean(s["win_rate"] for s in table[agg].values() if s)
+        wins = [s["win_rate"] for s in table[agg].values() if s]
+        return statistics.fmean(wins) if wins else 0.5  # no kind applied to any row
 
     best = min(AGGREGATIONS, key=lambda a: (len(preferred[a]), -mean_win(a), AGGREGATIONS.index(a)))
     best_flags = " ".join(f.format(floor=floor) for f in AGGREGATION_FLAGS[best]) or "the defaults (--coherent.aggregate sum, no floor)"
