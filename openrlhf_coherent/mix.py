@@ -60,10 +60,10 @@ def add_arguments(group) -> None:
     )
 
 
-def validate(args, config_error) -> None:
+def validate(args) -> None:
     """Take --reward.remote_url for the mix (OpenRLHF then builds the coherent reward group) and
-    check the mix flags. `config_error`: the ConfigError class (config.py imports this module)."""
-    from .config import check_number
+    check the mix flags; config.validate calls it (hence the import here, not at the top)."""
+    from .config import ConfigError, check_number
 
     c = args.coherent
     check_number("--coherent.weight", c.weight, low=0, low_open=False)
@@ -72,24 +72,24 @@ def validate(args, config_error) -> None:
     c.rule_reward = None
     if not url:
         if c.weight != 1.0 or c.rule_weight != 1.0 or c.mix_normalize != "none":
-            raise config_error(
+            raise ConfigError(
                 "--coherent.weight / --coherent.rule_weight / --coherent.mix_normalize weigh the coherent reward "
                 "against the --reward.remote_url reward, and none is given (to scale the coherent reward alone: "
                 "--coherent.scale)"
             )
         return
     if c.reward_type == "token":
-        raise config_error(
+        raise ConfigError(
             "--coherent.reward_type token with --reward.remote_url: the mix adds a scalar rule reward to a scalar "
             "coherent reward; use --coherent.reward_type sequence"
         )
     if c.weight == 0 and c.rule_weight == 0:
-        raise config_error("--coherent.weight and --coherent.rule_weight are both 0: the total reward would be 0")
+        raise ConfigError("--coherent.weight and --coherent.rule_weight are both 0: the total reward would be 0")
     endpoints = url.split(",")
     if endpoints[0].endswith(".py") and not os.path.isfile(endpoints[0]):
-        raise config_error(f"--reward.remote_url {endpoints[0]}: no such reward_func file")
+        raise ConfigError(f"--reward.remote_url {endpoints[0]}: no such reward_func file")
     if c.mix_normalize == "group" and args.rollout.n_samples_per_prompt < 2:
-        raise config_error("--coherent.mix_normalize group needs --rollout.n_samples_per_prompt >= 2")
+        raise ConfigError("--coherent.mix_normalize group needs --rollout.n_samples_per_prompt >= 2")
     c.rule_reward = url
     # OpenRLHF builds no reward-model group when remote_url is set, and its rollout engines would
     # compute the reward: the mix computes it in the experience maker instead.
