@@ -27,6 +27,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--out", required=True)
     parser.add_argument("--base", default=None, help="the converted SmolLM2 folder (default: convert into OUT)")
     parser.add_argument("--sft", default=None, help="demo-real's SFT model (default: train it into OUT, seed 0)")
+    parser.add_argument("--batch_tokens", type=int, default=2048, help="padded tokens per forward (memory)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local
     main_demo.new_output_folder(parser, args.out)
@@ -43,6 +44,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     return audit.run(audit.parser().parse_args([
         "--sft_model", sft, "--base_model", base, "--input", references, "--output", os.path.join(args.out, "audit"),
         "--apply_chat_template", "--max_len", "1024", "--continue_tokens", str(s.max_new_tokens),
+        "--batch_tokens", str(args.batch_tokens),
     ]))  # fmt: skip
 
 
