@@ -23,6 +23,11 @@ which computes all of these) and of the SFT log-likelihood alone (what subtracti
 changes).
 
     python -m demo.reward_check --sft /tmp/demo/sft --base /tmp/demo/base --seed 0
+
+With `--audit OUT` it runs the general reward audit instead (`openrlhf_coherent.cli.audit`) on the
+same held-out prompts and correct responses, with the wrong kinds above as a user perturbation file
+(demo/audit_perturbations.py) next to the audit's task-agnostic kinds: OUT/audit.json, audit.md,
+audit.png; the references it audits are written to OUT.references.jsonl.
 """
 
 from __future__ import annotations
@@ -175,6 +180,31 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def write_audit_input(path: str, specs, seed: int = 0) -> str:
+    """The held-out prompts with a correct response each (the audit's references) and their spec."""
+    from demo.world import ideal_response
+
+    rng = random.Random(seed + 12345)
+    with open(path, "x", encoding="utf-8") as f:  # "x": never over an existing file
+        for spec in specs:
+            row = {"prompt": spec.text, "response": ideal_response(spec, rng, ordered=True), "spec": spec.to_dict()}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def audit_argv(sft: str, base: str, references: str, out: str) -> List[str]:
+    """The audit command line of the demo world (its chat template, its generation limit)."""
+    import os
+
+    from demo.evaluate import MAX_NEW_TOKENS
+
+    perturbations = os.path.join(os.path.dirname(os.path.abspath(__file__)), "audit_perturbations.py")
+    return [
+        "--sft_model", sft, "--base_model", base, "--input", references, "--output", out,
+        "--apply_chat_template", "--perturbations", perturbations, "--continue_tokens", str(MAX_NEW_TOKENS),
+    ]  # fmt: skip
+
+
 def main(argv: Optional[List[str]] = None):
     from demo.world import make_world
 
@@ -183,8 +213,14 @@ def main(argv: Optional[List[str]] = None):
     parser.add_argument("--base", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument("--audit", default=None, help="run openrlhf_coherent.cli.audit into this new folder instead")
     args = parser.parse_args(argv)
     world = make_world(args.seed)
+    if args.audit:
+        from openrlhf_coherent.cli import audit
+
+        references = write_audit_input(args.audit.rstrip("/") + ".references.jsonl", world.eval_in + world.eval_out, args.seed)
+        return audit.main(audit_argv(args.sft, args.base, references, args.audit))
     result = reward_check(args.sft, args.base, world.eval_in, world.eval_out, seed=args.seed)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
 

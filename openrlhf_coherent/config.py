@@ -175,6 +175,9 @@ def add_coherent_arguments(parser: argparse.ArgumentParser) -> None:
         default=False,
         help="Allow custom model code when this plugin validates/loads the base and SFT configs and tokenizers.",
     )
+    from . import mix
+
+    mix.add_arguments(group)  # --coherent.weight / rule_weight / mix_normalize: the mix with --reward.remote_url
 
 
 def _resolve(path: str) -> str:
@@ -351,11 +354,6 @@ def validate(args) -> None:
     """Check an OpenRLHF `args` tree (after hierarchize) that selects the coherent reward, and fill in
     the derived settings. Raises ConfigError naming the flag. Runs in the driver before Ray starts."""
     c = args.coherent
-    if args.reward.remote_url:
-        raise ConfigError(
-            "--reward.model_name_or_path coherent computes the reward from token log-probs in a Ray actor; "
-            "it cannot be combined with --reward.remote_url / --train.agent_func_path"
-        )
     if args.train.agent_func_path:
         # OpenRLHF turns this into --reward.remote_url "agent" only after this check runs and then
         # builds no reward group: the coherent reward would be dispatched to nothing at the first rollout.
@@ -420,6 +418,9 @@ def validate(args) -> None:
         )
     # A NaN, infinite, zero or negative setting would make every reward NaN, flip its sign or
     # silence a guard; refused here rather than found in the metrics after the run.
+    from . import mix
+
+    mix.validate(args)  # takes --reward.remote_url for the mix with a rule reward
     check_number("--coherent.scale", c.scale, low=0)
     check_number("--coherent.token_clip", c.token_clip, low=0)
     check_number("--coherent.sft_logp_floor", c.sft_logp_floor, low=0)

@@ -29,6 +29,7 @@ import openrlhf.trainer.ppo_utils.experience_maker as openrlhf_experience_maker
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
+from .mix import RuleReward, mix as mix_terms
 from .reward import coherent_reward
 
 logger = logging.getLogger("openrlhf_coherent")
@@ -49,6 +50,8 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         self.run_id = uuid.uuid4().hex
         self.sft_logp_reference = None  # --coherent.sft_logp_floor: per-token log p_SFT of the first rollout
         self.floored = 0  # samples the floor guard replaced in the last rollout
+        rule = getattr(self.coherent, "rule_reward", None)  # --reward.remote_url, taken by mix.validate
+        self.rule = RuleReward(rule) if rule else None
 
     def _dispatch_forward(self, group, sync_condition, **kwargs):
         critic = group is not None and group is self.critic_model_group
@@ -79,6 +82,9 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         for samples in samples_list:
             samples.rewards = torch.zeros(len(samples.sequences))
 
+        # The rule reward (with --reward.remote_url) while the coherent actor's forward runs: a failing
+        # reward function stops the step before the policy, critic and reference forwards.
+        rule_out = self._rule_rewards(samples_list) if self.rule is not None else None
         self._reference_refs = None
         try:
             samples_list = super().make_experience(samples_list)
@@ -103,7 +109,8 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         if self.coherent.sft_logp_floor is not None:
             self._apply_sft_logp_floor(results)
 
-        for samples, result in zip(samples_list, results):
+        totals = self._mix_rule_reward(samples_list, results, rule_out) if rule_out is not None else None
+        for k, (samples, result) in enumerate(zip(samples_list, results)):
             if result.token_rewards is not None:
                 samples.info["coherent_token_rewards"] = result.token_rewards  # consumed below, not logged
             logged_reward = total_reward(result)
@@ -117,7 +124,40 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             samples.info["coherent_log_ratio"] = result.log_ratio_sum
             # Tokens the two terms count (the response less an excluded SFT-only EOS): per-token stats.
             samples.info["coherent_length"] = result.length.float()
+            if totals is not None:
+                samples.rewards = samples.info["reward"] = totals[k]
         return samples_list
+
+    def _rule_rewards(self, samples_list) -> List[dict]:
+        """mix.RuleReward on every sample of the rollout, in samples_list order."""
+        queries, prompts, labels = [], [], []
+        for samples in samples_list:
+            for i in range(len(samples.sequences)):
+                # The text OpenRLHF's rollout executor gives reward_func: prompt + response tokens, special tokens kept.
+                ids = samples.sequences[i][samples.attention_mask[i].bool()].tolist()
+                queries.append(self.tokenizer.decode(ids, skip_special_tokens=False))
+            prompts += list(samples.prompts)
+            labels += list(samples.labels)
+        return self.rule(queries, prompts, labels, self.rollout_step + 1)
+
+    def _mix_rule_reward(self, samples_list, results, rule_out: List[dict]) -> List[torch.Tensor]:
+        """The rule reward of every sample (info["rule_reward"], and its reward_func's extra_logs),
+        and the total each trains on (mix.mix), per micro-batch. Normalisation runs in prompt order
+        (`Experience.index`, as OpenRLHF's group baselines do), so a group is one prompt's samples."""
+        rule = torch.tensor([o["reward"] for o in rule_out], dtype=torch.float32)
+        coherent = torch.cat([r.reward for r in results]).float()
+        index = torch.tensor([i for samples in samples_list for i in samples.index])
+        in_order = lambda x: torch.empty_like(x).index_copy_(0, index, x)  # noqa: E731
+        c = self.coherent
+        total = mix_terms(in_order(coherent), in_order(rule), c.weight, c.rule_weight, c.mix_normalize,
+                          self.args.rollout.n_samples_per_prompt)[index]  # fmt: skip
+        sizes = [len(samples.sequences) for samples in samples_list]
+        extra_keys = set.intersection(*(set(o["extra_logs"]) for o in rule_out)) if rule_out else set()
+        for samples, part, start in zip(samples_list, rule.split(sizes), [sum(sizes[:k]) for k in range(len(sizes))]):
+            samples.info["rule_reward"] = part
+            for key in sorted(extra_keys - set(samples.info)):  # never over our own keys ("reward", ...)
+                samples.info[key] = torch.tensor([o["extra_logs"][key] for o in rule_out[start : start + len(part)]])
+        return list(total.split(sizes))
 
     def _keep_sft_reference(self, results) -> None:
         """The SFT model's own samples (the first rollout of a fresh run) anchor the floor guard: their
@@ -237,6 +277,9 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                         "reward": e.info["reward"][i].item(),
                         "sft_logp": e.info["coherent_sft_logp"][i].item(),
                         "base_logp": e.info["coherent_base_logp"][i].item(),
+                        "coherent_reward": e.info["coherent_reward"][i].item(),
+                        # With --reward.remote_url: the rule term; "reward" is then the weighted total.
+                        **({"rule_reward": e.info["rule_reward"][i].item()} if "rule_reward" in e.info else {}),
                         "truncated": bool(e.truncated[i].item()) if e.truncated is not None else None,
                         "label": e.labels[i] if i < len(e.labels) else None,
                     }

@@ -50,7 +50,20 @@ def coherent_rollout_stats(experiences: List, maker: CoherentExperienceMaker) ->
         "coherent/base_forwards": float(maker.last_forward_counts["base"]),
         "coherent/sft_forwards": float(maker.last_forward_counts["sft"]),
         "coherent/sft_logp_floored": float(maker.floored),
+        **mix_rollout_stats(experiences),
     }
+
+
+def mix_rollout_stats(experiences: List) -> Dict[str, float]:
+    """With a rule reward (--reward.remote_url): its mean/std and the total's, next to coherent/*."""
+    if "rule_reward" not in experiences[0].info:
+        return {}
+    stats = {}
+    for name, key in (("rule/reward", "rule_reward"), ("reward/total", "reward")):
+        values = torch.cat([e.info[key].float() for e in experiences])
+        stats[f"{name}_mean"] = values.mean().item()
+        stats[f"{name}_std"] = values.std().item() if len(values) > 1 else 0.0
+    return stats
 
 
 @ray.remote

@@ -169,3 +169,17 @@ def command_line(pid):
             return f"{pid}: " + f.read().replace(b"\0", b" ").decode(errors="replace")[:300]
     except OSError:
         return f"{pid}: (gone)"
+
+
+def patched_openrlhf_site(tmp_path):
+    """A copy of the installed OpenRLHF with patches/ applied (PYTHONPATH=with_cpu_site(site) runs it)."""
+    import shutil
+
+    import openrlhf
+
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(openrlhf.__file__), site / "openrlhf")
+    patch = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "patches", "openrlhf-0.11.2-reward-plugins.patch")
+    applied = subprocess.run(["patch", "-p1", "-i", patch], cwd=site, capture_output=True, text=True)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    return site

@@ -134,10 +134,29 @@ def test_token_wise_reward_with_a_group_estimator(tiny_models, capsys):
     assert "--coherent.reward_type token" in err and "rloo" in err
 
 
-def test_coherent_with_a_remote_reward(tiny_models, capsys):
+def test_coherent_with_a_missing_remote_reward_file(tiny_models, capsys):
     base, sft = tiny_models
     err = run_main_expecting_error(srppo_argv(sft, base, "--reward.remote_url", "reward.py"), capsys)
-    assert "--reward.remote_url" in err
+    assert "--reward.remote_url reward.py: no such reward_func file" in err
+
+
+def test_mix_with_a_rule_reward_takes_the_url_and_checks_its_flags(tiny_models, tmp_path, capsys):
+    """With a rule reward the URL moves to the mix (OpenRLHF then builds the coherent reward group)."""
+    base, sft = tiny_models
+    func = tmp_path / "rule.py"
+    func.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': [0.0] * len(queries)}\n")
+    args = parse_args(srppo_argv(sft, base, "--reward.remote_url", str(func), "--coherent.rule_weight", "2"))
+    assert args.coherent.rule_reward == str(func) and not args.reward.remote_url
+    assert args.coherent.rule_weight == 2.0 and args.coherent.weight == 1.0
+    for extra, message in [
+        (["--coherent.rule_weight", "0.5"], "none is given"),
+        (["--reward.remote_url", str(func), "--coherent.weight", "nan"], "--coherent.weight must be a finite number"),
+        (["--reward.remote_url", str(func), "--coherent.weight", "0", "--coherent.rule_weight", "0"], "both 0"),
+        (["--reward.remote_url", str(func), "--coherent.mix_normalize", "group"], "n_samples_per_prompt >= 2"),
+        (["--reward.remote_url", str(func), "--coherent.reward_type", "token"], "--coherent.reward_type token"),
+    ]:
+        err = run_main_expecting_error(srppo_argv(sft, base, *extra), capsys)
+        assert message in err, (extra, err)
 
 
 @pytest.mark.parametrize("estimator", ["gae", "reinforce", "rloo", "reinforce_baseline", "group_norm"])

@@ -14,10 +14,12 @@ from openrlhf_coherent.config import ConfigError, check_causal_lm, check_number,
 from .rows import ON_BAD_ROW, BadRow, TextFormat
 
 
-def add_common_args(parser: argparse.ArgumentParser, prompt_key_default: Optional[str] = "prompt") -> None:
+def add_common_args(
+    parser: argparse.ArgumentParser, prompt_key_default: Optional[str] = "prompt", output_help: str = "JSONL file to write"
+) -> None:
     io = parser.add_argument_group("input / output")
     io.add_argument("--input", required=True, help="JSONL file to read")
-    io.add_argument("--output", required=True, help="JSONL file to write")
+    io.add_argument("--output", required=True, help=output_help)
     io.add_argument(
         "--on_bad_row",
         default="fail",
