@@ -66,8 +66,22 @@ def mix_rollout_stats(experiences: List) -> Dict[str, float]:
     return stats
 
 
+class _SeededPPOTrainer(PPOTrainer.__ray_actor_class__):
+    """OpenRLHF's PPOTrainer with its RNGs seeded from --train.seed. OpenRLHF builds the prompt
+    dataloader in this actor, which seeds nothing (only the model actors call set_seed): its shuffle
+    drew another prompt order in every run of one command."""
+
+    def __init__(self, pretrain, strategy, *args, **kwargs):
+        transformers.set_seed(strategy.seed)
+        super().__init__(pretrain, strategy, *args, **kwargs)
+
+
+# What our CLI runs when the coherent reward is not selected (plain OpenRLHF PPO, e.g. the demo's oracle).
+SeededPPOTrainer = ray.remote(_SeededPPOTrainer)
+
+
 @ray.remote
-class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
+class CoherentPPOTrainer(_SeededPPOTrainer):
     def __init__(self, pretrain, strategy, *args, **kwargs):
         if strategy.args.logger.wandb.key == redact.FROM_ENV and not os.environ.get(redact.WANDB_ENV):
             # wandb runs here, maybe on another node than the driver; the key is not passed in the
@@ -76,9 +90,6 @@ class CoherentPPOTrainer(PPOTrainer.__ray_actor_class__):
                 f"--logger.wandb.key env: {redact.WANDB_ENV} is not set where the PPO trainer runs: start Ray "
                 f"(`ray start`) with it in the environment, or forward it in the job's runtime_env (which Ray logs)"
             )
-        # OpenRLHF builds the prompt dataloader in this actor, which seeds no RNG (only the model
-        # actors call set_seed): its shuffle drew another prompt order in every run of one command.
-        transformers.set_seed(strategy.seed)
         super().__init__(pretrain, strategy, *args, **kwargs)
         self.experience_maker = CoherentExperienceMaker(
             self.actor_model_group,

@@ -38,3 +38,19 @@ def test_two_identical_runs_write_identical_rollouts_and_metrics(tmp_path, tiny_
     for (step, a), (_, b) in zip(steps_a, steps_b):
         assert a == b, {k: (a.get(k), b.get(k)) for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     assert [s for s, _ in steps_a] == [s for s, _ in steps_b]
+
+
+def test_plain_ppo_through_our_cli_gets_the_seeded_trainer():
+    """Without the coherent reward (the demo's oracle) our CLI still seeds the prompt order: the
+    trainer class OpenRLHF's CLI instantiates is the seeded one, as under the coherent reward."""
+    import openrlhf.trainer.ppo_trainer as ppo_trainer
+
+    from openrlhf_coherent.cli.train_ppo_ray import plugin_installed
+    from openrlhf_coherent.plugin import CoherentRewardPlugin
+    from openrlhf_coherent.trainer import CoherentPPOTrainer, SeededPPOTrainer, _SeededPPOTrainer
+
+    stock = ppo_trainer.PPOTrainer
+    with plugin_installed(CoherentRewardPlugin(), coherent=False):
+        assert ppo_trainer.PPOTrainer is SeededPPOTrainer
+    assert ppo_trainer.PPOTrainer is stock
+    assert issubclass(CoherentPPOTrainer.__ray_actor_class__, _SeededPPOTrainer)

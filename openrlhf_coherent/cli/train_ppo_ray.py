@@ -11,11 +11,12 @@ installed at exactly the points where `patches/` would call them in stock OpenRL
   openrlhf.utils.config.hierarchize -> plugin.validate  (before Ray starts)
   ray.init                     -> plugin.ray_init_kwargs (the job's device; CPU dev mode: fake GPUs, worker shims)
   launcher.RewardModelActor    -> plugin.reward_actor_class
-  ppo_trainer.PPOTrainer       -> plugin.trainer_class
+  ppo_trainer.PPOTrainer       -> plugin.trainer_class (else trainer.SeededPPOTrainer: a seeded prompt order)
 
 Old flag spellings (`--pretrain`, `--reward_pretrain coherent`, `--critic_pretrain`,
 `--prompt_data`, ...) are translated first. Without `--reward.model_name_or_path coherent` it is
-plain OpenRLHF PPO (still with the CPU dev mode when there is no GPU).
+plain OpenRLHF PPO (still with the CPU dev mode when there is no GPU, and a prompt order seeded by
+--train.seed, which stock OpenRLHF 0.11.2 leaves unseeded).
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def plugin_installed(plugin: CoherentRewardPlugin, coherent: bool) -> Iterator[N
         if coherent:
             stack.enter_context(replaced(launcher, "RewardModelActor", plugin.reward_actor_class))
             stack.enter_context(replaced(ppo_trainer, "PPOTrainer", plugin.trainer_class))
+        else:
+            from openrlhf_coherent.trainer import SeededPPOTrainer
+
+            stack.enter_context(replaced(ppo_trainer, "PPOTrainer", SeededPPOTrainer))
         yield
 
 
