@@ -36,7 +36,7 @@ def test_unguarded_coherent_reward_is_hacked_and_the_alarm_fires(hack_world, tmp
     check_rewards_match_independent_computation(str(tmp_path), sft, base, STEPS, only_steps={1, STEPS})
     assert last["coherent/reward_mean"] > first["coherent/reward_mean"] + 5
     # How far the length climbs varies run to run (the rollout batches' floating-point sums depend
-    # on which requests share a batch; README, "Repeatability"): after 8 steps +4.3 to +11.7 tokens
+    # on which requests share a batch; docs/demo.md, "Repeatability"): after 8 steps +4.3 to +11.7 tokens
     # and an EOS rate of 0.72 to 0.89 were seen, hence 12 steps; the check asks +3, still beyond
     # the guarded run's ceiling below.
     assert last["coherent/response_length_mean"] > first["coherent/response_length_mean"] + 3
