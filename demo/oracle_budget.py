@@ -6,7 +6,7 @@ on the demo world's validation prompts (never on the 128 test prompts the demo's
 
 The demo's promise: the oracle beats SFT by at least +0.15 out of domain (mean of 3 seeds) without
 an in-domain loss. `DemoSettings` takes the smallest learning rate that clears it at the step count
-that fits the time budget (README, "The embedded demo"). Only the oracle runs here, so choosing a
+that fits the time budget (docs/demo.md, "The budget"). Only the oracle runs here, so choosing a
 budget never looks at SRPPO's held-out accuracy. Each PPO run writes under its own folder of
 `--out`; `<out>/oracle_budget.json` has the per-seed gains and curves.
 """

@@ -44,7 +44,7 @@ DOMAINS = (("all", "accuracy"), ("in", "accuracy_in_domain"), ("out", "accuracy_
 class DemoSettings:
     """The PPO budget shared by SRPPO and the oracle (and every other PPO run of the demo).
 
-    How the default was chosen (README, "The embedded demo"), before any SRPPO held-out number at
+    How the default was chosen (docs/demo.md, "The budget"), before any SRPPO held-out number at
     this budget: the KL coefficient (0.05) and the estimator are the reward-hacking ablation's; the
     number of steps fits the demo's 10-minute budget (one pass over the 256 PPO prompts; on 2 cores
     a PPO run costs ~40 s of start-up, checkpoint saving and shutdown, plus 0.3-0.7 s a step), and

@@ -58,7 +58,7 @@ CONVERTER = "openrlhf_coherent.realmodel.smollm2"
 class RealDemoSettings:
     """Sizes and budgets. Not tuned on any result: the SFT learning rate is a usual full fine-tuning
     rate for a ~100M model, the PPO learning rate and KL coefficient were set before any run, and the
-    step count is what fits the 45-minute budget on 2 cores (README, "Real model")."""
+    step count is what fits the 45-minute budget on 2 cores (docs/real_model.md)."""
 
     n_demos: int = 12  # 4 per demonstrated kind
     n_eval_per_group: int = 16  # 48 held-out prompts
@@ -192,7 +192,7 @@ def pick_threads(arg: str) -> int:
     other at every parallel region: on a shared 2-core machine at load ~12, greedy generation of 12 tokens
     for 9 prompts took 25 s (3.8 CPU s) with one thread and did not finish in 200 s with two. The
     PPO stage's Ray workers get the same count (`PPOConfig.worker_threads`): a 135M model's matmuls
-    are large enough for two threads, and the README's demo-real run was measured that way."""
+    are large enough for two threads, and the demo-real run in docs/real_model.md was measured that way."""
     cores = os.cpu_count() or 1
     if arg != "auto":
         return max(1, int(arg))

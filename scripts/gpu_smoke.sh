@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# GPU smoke test, after installing on one CUDA GPU (see README "Installing on a GPU cluster"):
+# GPU smoke test, after installing on one CUDA GPU (see docs/cluster.md, "Installing on a GPU cluster"):
 #   bash scripts/gpu_smoke.sh            # writes gpu_smoke_out/ (OUT=folder: another; never one that holds files)
 # 1. pytest -m gpu: the coherent actor's scoring in bf16 against fp32 and against OpenRLHF's Actor
 #    forward, plainly and inside a DeepSpeed bf16 eval engine (ZeRO-0 and ZeRO-3); two SRPPO steps
 #    through vLLM when vLLM is installed.
 # 2. The scorer benchmark on CUDA near Llama-3-8B's shape (hidden 4096, MLP 14336, vocab 128256,
 #    8 key/value heads, LAYERS layers, default 32; but 64 query heads of 64 where Llama-3-8B has 32
-#    of 128, as in the README's recorded run): two such models in bf16 take 32 GB, the plain rows'
+#    of 128, as in the run recorded in docs/performance.md): two such models in bf16 take 32 GB, the plain rows'
 #    full-vocabulary logits up to about 26 GB more with BATCH_TOKENS=4096. Compare the score path's
 #    tokens/s with the best plain row.
 # 3. The coherent actor's forward against OpenRLHF's on one micro-batch at Llama-3-8B's shape (time,
