@@ -91,6 +91,8 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             terms = self._flatten_results(self._coherent_refs, duplicate_factor)[: len(samples_list)]
         finally:
             self._coherent_refs = None
+        if len(terms) != len(samples_list):  # zip below would silently drop samples
+            raise RuntimeError(f"the coherent reward group returned {len(terms)} results for {len(samples_list)} micro-batches")
         if self.coherent.reuse_ref_logprobs:
             sft_log_probs = self._flatten_results(self._reference_refs, duplicate_factor)
         else:
@@ -253,7 +255,13 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                 return dropped
         if dropped:  # rows of another run lie among the cut ones: rewrite the file without ours
             with open(path, "rb") as f, open(path + ".tmp", "wb") as out:
-                out.write(f.read(cut_at))
+                remaining = cut_at  # copied in blocks: the kept part may be gigabytes
+                while remaining > 0:
+                    block = f.read(min(remaining, 1 << 20))
+                    if not block:
+                        break
+                    out.write(block)
+                    remaining -= len(block)
                 out.writelines(reversed(kept))
             os.replace(path + ".tmp", path)
         return dropped

@@ -57,10 +57,20 @@ def secret_values(environ: Optional[Mapping[str, str]] = None) -> List[str]:
     return sorted(values, key=len, reverse=True)
 
 
+# A secret-named flag and its value inside a longer string, e.g. a recipe override
+# `--set 'ppo.extra_args=[--logger.wandb.key,KEY]'` or a printed command line.
+EMBEDDED_FLAG = re.compile(r"(--[\w.-]+)([=,\s]+)([^,\]\s'\"]+)")
+
+
 def mask_text(text: str) -> str:
     for value in secret_values():
         text = text.replace(value, MASK)
-    return text
+
+    def embedded(match: re.Match) -> str:
+        flag, sep, value = match.groups()
+        return f"{flag}{sep}{MASK}" if is_secret_name(flag) and value not in (FROM_ENV, MASK) else match.group(0)
+
+    return EMBEDDED_FLAG.sub(embedded, text)
 
 
 def mask_argv(argv: Sequence) -> List[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
 import sys
 import time
@@ -30,6 +31,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the job's command after --")
+    # Ray keeps the entrypoint in its job table (`ray job list`, the dashboard): it must hold no secret.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from redact import mask_argv  # the one masker, as a file: this script runs outside the package
+
+    if mask_argv(command) != list(command):
+        parser.error(
+            "the job's command holds a secret (a secret-named flag's value, or the value of a secret environment "
+            "variable); Ray would store it in its job table. Pass --logger.wandb.key env and set the variable where "
+            "`ray start` runs"
+        )
     runtime_env = json.loads(args.runtime_env_json) if args.runtime_env_json else None
 
     from ray.job_submission import JobStatus, JobSubmissionClient

@@ -107,6 +107,17 @@ def test_multi_node_dry_run(tmp_path):
     assert "--algo.kl.init_coef 0.05" in recipe_dry_run_checks(proc.stdout, tmp_path)
 
 
+@pytest.mark.parametrize("device, forwarded", [("auto", None), ("", None), (" CUDA ", "cuda"), ("cpu", "cpu")])
+def test_multi_node_forwards_only_an_explicit_device_decision(tmp_path, device, forwarded):
+    """The driver writes cpu or cuda into its workers' env; a forwarded "auto" (the default) or "CUDA"
+    would conflict with it at the PPO stage, after SFT ran."""
+    env = {"CONFIG": TINY_CONFIG, "SRPPO_TINY_ROOT": str(tmp_path), "DRY_RUN": "1", "RAY_ADDRESS": "http://h:8265",
+           "OPENRLHF_COHERENT_DEVICE": device}  # fmt: skip
+    proc = run_script(MULTI, env)
+    assert proc.returncode == 0, proc.stderr
+    assert submitted(proc.stdout)[1]["env_vars"].get("OPENRLHF_COHERENT_DEVICE") == forwarded
+
+
 def test_multi_node_needs_ray_address_and_an_absolute_output_dir(tmp_path):
     proc = run_script(MULTI, {"CONFIG": TINY_CONFIG, "DRY_RUN": "1"})
     assert proc.returncode != 0 and "RAY_ADDRESS" in proc.stderr

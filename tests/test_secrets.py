@@ -46,6 +46,26 @@ def test_mask_tree_hides_secret_keys_env_vars_and_flag_lists(monkeypatch):
     assert masked["note"] == "key=***" and masked["api_key"] == "***"
 
 
+def test_a_secret_flag_inside_another_value_is_masked(monkeypatch):
+    """A key written inside a recipe override is masked even when no environment variable holds it."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    shown = redact.mask_argv(["--set", "ppo.extra_args=[--logger.wandb.key,notExportedKey123]", "--data.input_key", "q"])
+    assert shown == ["--set", "ppo.extra_args=[--logger.wandb.key,***]", "--data.input_key", "q"]
+    assert redact.mask_text("extra=[--logger.wandb.key, env]") == "extra=[--logger.wandb.key, env]"
+
+
+def test_submit_job_refuses_a_command_that_holds_a_secret(capsys):
+    """Ray keeps a job's entrypoint in its job table: a key in it is refused before any connection."""
+    script = os.path.join(os.path.dirname(redact.__file__), "submit_job.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--address", "http://127.0.0.1:1", "--", "python", "-m", "x",
+         "--set", "ppo.extra_args=[--logger.wandb.key,notExportedKey123]"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "holds a secret" in proc.stderr
+    assert "notExportedKey123" not in proc.stdout + proc.stderr
+
+
 def test_redact_as_a_file_prints_the_masked_shell_line(monkeypatch):
     """How the job scripts call it: as a file, with only the standard library."""
     env = dict(os.environ, WANDB_API_KEY=KEY)

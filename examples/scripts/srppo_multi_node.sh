@@ -46,6 +46,12 @@ import json, os, sys
 sys.path.insert(0, os.path.join(os.environ["REPO"], "openrlhf_coherent"))
 from redact import SECRET_ENV_NAME  # the one masker, as a file: standard library only
 env = {k: os.environ[k] for k in os.environ["FORWARD_ENV"].split() if k in os.environ}
+# The driver writes its device decision (cpu or cuda) into the env of its workers: a forwarded "auto" or
+# "CUDA" would be a conflicting value there (refused at the PPO stage, after SFT ran). Forward only
+# an explicit decision, spelled as the driver spells it.
+device = env.pop("OPENRLHF_COHERENT_DEVICE", "").strip().lower()
+if device not in ("", "auto"):
+    env["OPENRLHF_COHERENT_DEVICE"] = device
 secret = [k for k in env if SECRET_ENV_NAME.search(k)]
 if secret:
     print("srppo_multi_node: forwarding " + " ".join(secret) + " in the runtime_env: Ray writes its values into "
