@@ -86,10 +86,25 @@ def validate(args) -> None:
     if c.weight == 0 and c.rule_weight == 0:
         raise ConfigError("--coherent.weight and --coherent.rule_weight are both 0: the total reward would be 0")
     endpoints = url.split(",")
-    if endpoints[0].endswith(".py") and not os.path.isfile(endpoints[0]):
-        raise ConfigError(f"--reward.remote_url {endpoints[0]}: no such reward_func file")
+    if endpoints[0].endswith(".py"):
+        if not os.path.isfile(endpoints[0]):
+            raise ConfigError(f"--reward.remote_url {endpoints[0]}: no such reward_func file")
+        # Loaded by the trainer actor, whose working directory is Ray's copy of the job's working_dir.
+        url = os.path.abspath(endpoints[0])
     if c.mix_normalize == "group" and args.rollout.n_samples_per_prompt < 2:
         raise ConfigError("--coherent.mix_normalize group needs --rollout.n_samples_per_prompt >= 2")
+    coef = args.reward.stop_properly_penalty_coef
+    if c.mix_normalize != "none" and coef is not None and coef >= 0:
+        raise ConfigError(
+            f"--reward.stop_properly_penalty_coef {coef} with --coherent.mix_normalize {c.mix_normalize}: OpenRLHF "
+            "multiplies a truncated sample's total by it, and a normalised total is negative for about half of the "
+            "samples, which it would move up toward 0; pass a negative coefficient (a fixed reward for truncation)"
+        )
+    # Both read the rewards that the rollout engines compute, which compute none with the mix.
+    for flag, value in (("--eval.dataset", getattr(args.eval, "dataset", None)),
+                        ("--algo.dynamic_filtering_enable", getattr(args.algo, "dynamic_filtering_enable", False))):  # fmt: skip
+        if value:
+            raise ConfigError(f"{flag} with the coherent reward mixed with --reward.remote_url: not supported")
     c.rule_reward = url
     # OpenRLHF builds no reward-model group when remote_url is set, and its rollout engines would
     # compute the reward: the mix computes it in the experience maker instead.
@@ -101,7 +116,10 @@ def zscore(x: torch.Tensor, groups: Optional[int]) -> torch.Tensor:
     samples; a constant slice becomes 0 (it ranks nothing)."""
     y = x.reshape(-1, groups) if groups else x.reshape(1, -1)
     std = y.std(dim=-1, unbiased=False, keepdim=True)
-    z = torch.where(std > 0, (y - y.mean(dim=-1, keepdim=True)) / std.clamp(min=1e-12), torch.zeros_like(y))
+    # Constant by equality, not std > 0: the fp32 mean of equal values (0.1 x 16) can be off by an
+    # ulp, and (y - mean) / 1e-8 would turn every value into -1 or +1.
+    constant = (y == y[..., :1]).all(dim=-1, keepdim=True)
+    z = torch.where(constant, torch.zeros_like(y), (y - y.mean(dim=-1, keepdim=True)) / std.clamp(min=1e-12))
     return z.reshape(-1)
 
 
@@ -148,9 +166,12 @@ class RuleReward:
             value = torch.as_tensor(value, dtype=torch.float32).flatten()
             if value.numel() != 1 or not math.isfinite(value.item()):
                 raise RuleRewardError(f"{where}: returned the reward {value.tolist()}, expected one finite number")
-            extra = {
-                k: float(torch.as_tensor(v, dtype=torch.float32).flatten()[0])
-                for k, v in (info.get("extra_logs") or {}).items()
-            }
+            try:
+                extra = {
+                    k: float(torch.as_tensor(v, dtype=torch.float32).flatten()[0])
+                    for k, v in (info.get("extra_logs") or {}).items()
+                }
+            except (TypeError, ValueError, IndexError, AttributeError) as e:
+                raise RuleRewardError(f"{where}: extra_logs must map names to numbers ({type(e).__name__}: {e})") from e
             out.append({"reward": value.item(), "extra_logs": extra})
         return out

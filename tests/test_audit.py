@@ -208,3 +208,17 @@ def test_demo_wrong_answers_as_a_user_perturbation_file():
         expected = wrong_responses(spec, correct, random.Random(f"{spec.to_dict()}|{name}"), MAX_NEW_TOKENS)[name]
         assert (text, finished) == expected and text != correct
     assert P.apply(kinds["overlong_repeat"], "overlong_repeat", ref)[1] is False  # no EOS: cut at the limit
+
+
+def test_sentence_kinds_keep_a_numbered_answer_intact():
+    """Numbered steps are sentences with their line breaks kept; prose with commas is no list."""
+    import random
+
+    from openrlhf_coherent.evaluator import perturbations as P
+
+    ref = P.Reference(line=1, row={}, text="Here are three steps.\n1. Mix the flour.\n2. Add water.\n3. Bake it.",
+                      tokenizer=None, rng=random.Random(0))  # fmt: skip
+    assert P.drop_last_sentence(ref) == "Here are three steps.\n1. Mix the flour.\n2. Add water."
+    assert sorted(P.shuffle_sentences(ref).split("\n")) == sorted(ref.text.split("\n"))
+    ref.text = "However, the answer depends on the context, and it is 42."
+    assert P.drop_last_item(ref) is None

@@ -147,6 +147,9 @@ def test_mix_with_a_rule_reward_takes_the_url_and_checks_its_flags(tiny_models, 
     func.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': [0.0] * len(queries)}\n")
     args = parse_args(srppo_argv(sft, base, "--reward.remote_url", str(func), "--coherent.rule_weight", "2"))
     assert args.coherent.rule_reward == str(func) and not args.reward.remote_url
+    # A relative file is made absolute: the trainer actor loads it from Ray's copy of the working_dir.
+    relative = parse_args(srppo_argv(sft, base, "--reward.remote_url", os.path.relpath(func)))
+    assert relative.coherent.rule_reward == str(func)
     assert args.coherent.rule_weight == 2.0 and args.coherent.weight == 1.0
     for extra, message in [
         (["--coherent.rule_weight", "0.5"], "none is given"),
@@ -154,6 +157,9 @@ def test_mix_with_a_rule_reward_takes_the_url_and_checks_its_flags(tiny_models, 
         (["--reward.remote_url", str(func), "--coherent.weight", "0", "--coherent.rule_weight", "0"], "both 0"),
         (["--reward.remote_url", str(func), "--coherent.mix_normalize", "group"], "n_samples_per_prompt >= 2"),
         (["--reward.remote_url", str(func), "--coherent.reward_type", "token"], "--coherent.reward_type token"),
+        (["--reward.remote_url", str(func), "--coherent.mix_normalize", "batch", "--reward.stop_properly_penalty_coef", "2"],
+         "a normalised total is negative"),
+        (["--reward.remote_url", str(func), "--algo.dynamic_filtering_enable"], "--algo.dynamic_filtering_enable with"),
     ]:
         err = run_main_expecting_error(srppo_argv(sft, base, *extra), capsys)
         assert message in err, (extra, err)

@@ -48,6 +48,9 @@ def test_mix_weights_and_normalisations():
     # Per group of 2 consecutive samples (one prompt's); a constant group ranks nothing: 0.
     assert torch.equal(zscore(r, 2), torch.tensor([-1.0, 1.0, 0.0, 0.0]))
     assert torch.allclose(mix(c, r, 1.0, 3.0, "group", 2), torch.tensor([-1.0 - 3.0, 1.0 + 3.0, -1.0, 1.0]))
+    # Equal values whose fp32 mean is off by an ulp are still constant.
+    assert torch.equal(zscore(torch.full((16,), 0.1), None), torch.zeros(16))
+    assert torch.equal(zscore(torch.full((8,), 0.9), 8), torch.zeros(8))
 
 
 def test_rule_reward_failures_name_the_file_and_the_sample(tmp_path):

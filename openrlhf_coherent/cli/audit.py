@@ -156,8 +156,9 @@ def add_continuations(pool, args, jobs: Sequence[Job], names: Dict[int, List[str
         if not new or new == [eos_id]:
             continue
         response = prefix + list(new)
-        job.pairs.append((job.pairs[0][0], response))
-        job.truncated.append(len(job.pairs[0][0]) + len(response) > args.max_len)
+        prompt_len = len(job.pairs[0][0])
+        job.truncated.append(prompt_len + len(response) > args.max_len)
+        job.pairs.append((job.pairs[0][0], response[: max(0, args.max_len - prompt_len)]))  # as references are cut
         names[job.line].append(P.CONTINUATION)
 
 
@@ -366,6 +367,10 @@ def run(args) -> dict:
     check_number("--flag_below", args.flag_below, low=0, high=1)
     if args.continue_tokens < 0:
         raise ConfigError(f"--continue_tokens must be >= 0, got {args.continue_tokens}")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # the plot comes last: fail before any scoring
+        raise ConfigError("the audit's plot needs matplotlib: pip install matplotlib")
     if not os.path.isfile(args.input):
         raise ConfigError(f"--input {args.input}: no such file")
     check_output_folder(args)

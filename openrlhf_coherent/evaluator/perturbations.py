@@ -49,12 +49,29 @@ class Reference:
         return self.tokenizer.decode(ids[:keep], skip_special_tokens=True)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# A sentence ends at . ! ? not after a digit (not "1." of a numbered list), before whitespace, which is
+# kept: a perturbed multi-line answer keeps its line breaks.
+_SENTENCE_END = re.compile(r"(?<=[^\d][.!?])(\s+)")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
+MAX_COMMA_ITEM_WORDS = 4  # longer comma-separated parts are clauses of prose, not list items
+
+
+def sentence_parts(text: str) -> Tuple[List[str], List[str]]:
+    """(sentences, the whitespace between consecutive ones)."""
+    pieces = _SENTENCE_END.split(text.strip())
+    return pieces[0::2], pieces[1::2]
 
 
 def sentences(text: str) -> List[str]:
-    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+    return [s for s in sentence_parts(text)[0] if s]
+
+
+def rejoin(units: Sequence[str], separators: Sequence[str]) -> str:
+    """units[0] + separators[0] + units[1] + ...: sentences put back with the text's own whitespace."""
+    out = units[0] if units else ""
+    for sep, unit in zip(separators, units[1:]):
+        out += sep + unit
+    return out
 
 
 def lines(text: str) -> List[str]:
@@ -67,7 +84,7 @@ def list_items(text: str) -> Tuple[List[str], str]:
     if sum(bool(_LIST_ITEM.match(r)) for r in rows) >= 2:
         return rows, "\n"
     parts = [p for p in text.strip().split(",")]
-    if len(parts) >= 2 and all(p.strip() for p in parts):
+    if len(parts) >= 2 and all(0 < len(p.split()) <= MAX_COMMA_ITEM_WORDS for p in parts):
         return parts, ","
     return [], ""
 
@@ -90,8 +107,8 @@ def truncate_75(ref: Reference) -> Perturbed:
 
 
 def drop_last_sentence(ref: Reference) -> Perturbed:
-    units = sentences(ref.text)
-    return " ".join(units[:-1]) if len(units) >= 2 else None
+    units, separators = sentence_parts(ref.text)
+    return rejoin(units[:-1], separators) if len(units) >= 2 else None
 
 
 def drop_last_line(ref: Reference) -> Perturbed:
@@ -121,13 +138,16 @@ def filler(ref: Reference) -> Perturbed:
 
 def shuffle_sentences(ref: Reference) -> Perturbed:
     """Sentences shuffled (else lines, else list items); None when there is one unit or no new order."""
-    for units, sep in ((sentences(ref.text), " "), (lines(ref.text), "\n"), list_items(ref.text)):
+    units, separators = sentence_parts(ref.text)
+    items, item_sep = list_items(ref.text)
+    for units, join in ((units, lambda order: rejoin(order, separators)),
+                        (lines(ref.text), "\n".join), (items, item_sep.join)):  # fmt: skip
         if len(units) >= 2:
             for _ in range(10):
                 order = list(units)
                 ref.rng.shuffle(order)
                 if order != units:
-                    return sep.join(order).strip()
+                    return join(order).strip()
             return None
     return None
 
