@@ -11,6 +11,8 @@ ENTRY_POINTS = (
          "OpenRLHF's train_ppo_ray with the coherent reward (--reward.model_name_or_path coherent)"),
         ("openrlhf_coherent.cli.srppo",
          "the two-stage recipe from one YAML file: SFT, then SRPPO (and the paper's baselines)"),
+        ("openrlhf_coherent.cli.audit",
+         "reward audit before PPO: which perturbations of your references the coherent reward prefers"),
     )),
     ("The coherent reward as an evaluator", (
         ("openrlhf_coherent.cli.score", "score (prompt, response) rows: log p_SFT - log p_base"),
