@@ -345,6 +345,33 @@ def refuse_vision_models(args, configs: dict, trust_remote_code: bool) -> None:
             )
 
 
+def check_ppo_args(args, coherent: bool) -> None:
+    """What train_ppo_ray checks with or without the coherent reward, before Ray starts: every
+    numeric flag (OpenRLHF's own too), that no model folder OpenRLHF loads (it always passes
+    trust_remote_code=True) runs code the user did not allow, and the output and checkpoint folders."""
+    from .files import check_training_folders, local_files
+    from .numeric import check_numeric_flags, tree_items
+    from .remote_code import PPO_TRUST_FLAG, refuse_remote_code, share_with_workers
+
+    check_numeric_flags(tree_items(args))
+    trust = args.coherent.trust_remote_code
+    models = [(args.actor.model_name_or_path, "--actor.model_name_or_path"),
+              (args.critic.model_name_or_path, "--critic.model_name_or_path")]  # fmt: skip
+    if coherent:
+        models += [(args.coherent.base_model, "--coherent.base_model"), (args.coherent.sft_model, "--coherent.sft_model")]
+    elif not args.reward.remote_url:
+        models += [(p, "--reward.model_name_or_path") for p in (args.reward.model_name_or_path or "").split(",") if p]
+    for path, flag in models:
+        refuse_remote_code(path, flag, trust, PPO_TRUST_FLAG)
+    share_with_workers(trust)  # for loaders in Ray workers that cannot see args (the CPU rollout engine)
+    reads = models + [(p, "--data.prompt_dataset") for p in local_files(args.data.prompt_dataset)]
+    reads += [(p, "--eval.dataset") for p in local_files(getattr(args.eval, "dataset", None))]
+    outputs = [(args.ckpt.output_dir, "--ckpt.output_dir")]
+    if args.critic.model_name_or_path and args.critic.save_value_network:
+        outputs.append((args.ckpt.output_dir + "_critic", "--ckpt.output_dir (+ _critic, the value network)"))
+    check_training_folders(outputs, (args.ckpt.path, "--ckpt.path"), reads, args.ckpt.save_steps > 0)
+
+
 def validate(args) -> None:
     """Check an OpenRLHF `args` tree (after hierarchize) that selects the coherent reward, and fill in
     the derived settings. Raises ConfigError naming the flag. Runs in the driver before Ray starts."""
@@ -413,7 +440,7 @@ def validate(args) -> None:
     if c.rollout_log:
         check_rollout_log(c.rollout_log)
 
-    from .remote_code import PPO_TRUST_FLAG, refuse_remote_code, share_with_workers
+    from .remote_code import PPO_TRUST_FLAG
 
     trust = c.trust_remote_code
     base_config = check_causal_lm(c.base_model, "--coherent.base_model", trust, PPO_TRUST_FLAG)
@@ -422,10 +449,8 @@ def validate(args) -> None:
     sft_config = check_causal_lm(c.sft_model, sft_flag, trust, PPO_TRUST_FLAG)
     refuse_vision_models(args, {"--coherent.base_model": base_config, sft_flag: sft_config}, trust)
     # OpenRLHF loads the actor (also as reference model and vLLM engine) and the critic with
-    # trust_remote_code=True whatever the flag says: refuse custom code there too.
-    refuse_remote_code(args.actor.model_name_or_path, "--actor.model_name_or_path", trust, PPO_TRUST_FLAG)
-    refuse_remote_code(args.critic.model_name_or_path, "--critic.model_name_or_path", trust, PPO_TRUST_FLAG)
-    share_with_workers(trust)  # for loaders in Ray workers that cannot see args (the CPU rollout engine)
+    # trust_remote_code=True whatever the flag says: check_ppo_args refuses custom code there.
+    check_ppo_args(args, coherent=True)
     # Derived setting read by the experience maker: the EOS ids the SFT model (and the actor that
     # generates) stops on and the base does not, excluded from both terms when a response ends with
     # one (None: they stop on the same ids).

@@ -28,6 +28,7 @@ import openrlhf.trainer.ppo_utils.experience_maker as openrlhf_experience_maker
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
+from .files import replace_atomically
 from .reward import coherent_reward
 
 logger = logging.getLogger("openrlhf_coherent")
@@ -188,9 +189,8 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             else:
                 dropped += 1
         if dropped:
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
+            with replace_atomically(path) as f:
                 f.writelines(kept)
-            os.replace(path + ".tmp", path)
         return dropped
 
     def _write_rollout_log(self, experiences: List[Experience]) -> None:

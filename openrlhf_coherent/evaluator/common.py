@@ -175,8 +175,10 @@ def run_cli(run, argv: Optional[Sequence[str]], parser: argparse.ArgumentParser)
     plugin's other CLIs."""
     from openrlhf_coherent import devmode
 
+    from openrlhf_coherent.numeric import check_parsed
+
     args = parser.parse_args(argv)
     devmode.apply()
-    status = exit_status(lambda: run(args))
+    status = exit_status(lambda: (check_parsed(parser, args), run(args)))
     if status:
         sys.exit(status)

@@ -125,9 +125,15 @@ def tokenize_pair(tokenizer, prompt: str, response: str, max_len: int, line: int
 
 
 def read_jsonl(path: str) -> Iterator[Tuple[int, object]]:
-    """(line number, parsed row or BadRow) for every non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
+    """(line number, parsed row or BadRow) for every non-blank line; a line that is not UTF-8
+    text is a BadRow naming its line and column, like malformed JSON."""
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line, BadRow(line, f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})")
+                continue
             if not text.strip():
                 continue
             try:
