@@ -302,8 +302,9 @@ ROLLOUT_LOG_KEYS = ("step", "prompt_ids", "response_ids", "reward")  # every row
 def check_rollout_log(path: str) -> None:
     """An existing --coherent.rollout_log must be one this plugin wrote: a resume cuts the rows of
     rollouts after its checkpoint, and appending or cutting must never touch a file we did not write."""
-    if os.path.isdir(path):
-        raise ConfigError(f"--coherent.rollout_log {path}: is a folder, expected a file name")
+    from .files import check_outputs
+
+    check_outputs([(path, "--coherent.rollout_log")])  # a folder, or an uncreatable path: now, not after a rollout
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8", errors="replace") as f:

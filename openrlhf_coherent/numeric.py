@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import types
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .config import ConfigError
@@ -88,11 +89,11 @@ def check_numeric_flags(items: Iterable[Tuple[str, object]]) -> None:
         check_numeric_flag(flag, value)
 
 
-def tree_items(args: argparse.Namespace, prefix: str = "") -> Iterator[Tuple[str, object]]:
-    """(--a.b.c, value) for every leaf of OpenRLHF's hierarchized args tree."""
+def tree_items(args, prefix: str = "") -> Iterator[Tuple[str, object]]:
+    """(--a.b.c, value) for every leaf of OpenRLHF's hierarchized args tree (SimpleNamespaces)."""
     for key, value in vars(args).items():
         name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, argparse.Namespace):
+        if isinstance(value, (argparse.Namespace, types.SimpleNamespace)):
             yield from tree_items(value, name)
         else:
             yield f"--{name}", value
