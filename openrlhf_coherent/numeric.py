@@ -55,8 +55,10 @@ def _rule(flag: str):
     return next((rest for pattern, rest in _COMPILED if pattern.match(name)), None)
 
 
-def _bounds(low, high, low_open, high_open) -> str:
-    return f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}{')' if high_open or high is None or high == INF else ']'}"
+def _range(low, high, low_open, high_open) -> str:
+    if high is None or high == INF:
+        return f"{'>' if low_open else '>='} {low}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
 def check_numeric_flag(flag: str, value) -> None:
@@ -80,8 +82,8 @@ def check_numeric_flag(flag: str, value) -> None:
     if integer and ok and value != int(value):
         ok = False
     if not ok:
-        kind = "an integer" if integer else "a finite number" if high != INF else "a number"
-        raise ConfigError(f"{flag} must be {kind} in {_bounds(low, high, low_open, high_open)}, got {value}")
+        kind = "an integer" if integer else "a finite number" if high != INF else "a number, not NaN"
+        raise ConfigError(f"{flag} must be {_range(low, high, low_open, high_open)} ({kind}), got {value}")
 
 
 def check_numeric_flags(items: Iterable[Tuple[str, object]]) -> None:

@@ -411,3 +411,13 @@ def test_a_newline_in_a_recipe_path_stays_inside_the_dry_run_comment(tmp_path, c
     out = capsys.readouterr().out
     assert not any(line.startswith("rm -rf") for line in out.splitlines())
     assert "tiny\\nrm -rf x.yaml" in out
+
+
+def test_a_nan_in_any_input_field_is_a_bad_row_before_models_load(tiny_models, tmp_path, capsys):
+    base, sft = tiny_models
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"prompt": "a", "response": "b", "meta": NaN}\n')
+    out = tmp_path / "scored.jsonl"
+    err = exits_2(score.main, ["--sft_model", sft, "--base_model", base, "--input", str(data), "--output", str(out)], capsys)
+    assert "line 1" in err and "NaN" in err
+    assert not out.exists()

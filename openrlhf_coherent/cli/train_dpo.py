@@ -89,10 +89,12 @@ def trainer_class(loss: str, simpo_gamma: Optional[float]):
 
 
 
-def check_dpo_args(args, trust_remote_code: bool) -> None:
+def check_dpo_args(args, trust_remote_code: bool, check_data: bool = True) -> None:
     """What train_dpo and train_srpo check before any model loads: every numeric flag, that neither
     model folder runs code unasked (OpenRLHF loads both with trust_remote_code=True), that every
-    local dataset exists, and the output and checkpoint folders against what the run reads."""
+    local dataset exists and is not empty (`check_data`: off when a command line is only parsed,
+    e.g. a preset script's placeholder paths), and the output and checkpoint folders against what
+    the run reads."""
     from openrlhf_coherent.files import check_training_folders, local_files
     from openrlhf_coherent.numeric import check_numeric_flags, tree_items
     from openrlhf_coherent.remote_code import refuse_remote_code
@@ -105,6 +107,8 @@ def check_dpo_args(args, trust_remote_code: bool) -> None:
     reads = list(models)
     for flag, datasets in (("--data.dataset", args.data.dataset), ("--eval.dataset", getattr(args.eval, "dataset", None))):
         for path in (p.strip() for p in (datasets or "").split(",") if p.strip()):
+            if not check_data:
+                continue
             if path.lower().endswith((".json", ".jsonl")) or path.startswith(("/", "./", "../", "~")):
                 if not os.path.exists(os.path.expanduser(path)):
                     raise ConfigError(f"{flag} {path}: no such file or folder")

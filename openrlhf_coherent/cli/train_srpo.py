@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     devmode.allow_fp32_param_dtype(parser)
 
 
-def validate(args, argv: Sequence[str]) -> None:
+def validate(args, argv: Sequence[str], parse_only: bool = False) -> None:
     """Checks that need no model; raises ConfigError naming the flag (or the file and line)."""
     from openrlhf_coherent.srpo.dataset import check_jsonl
     from openrlhf_coherent.srpo.templates import load_template
@@ -79,7 +79,7 @@ def validate(args, argv: Sequence[str]) -> None:
         raise ConfigError("--data.dataset is required")
     from openrlhf_coherent.cli.train_dpo import check_dpo_args
 
-    check_dpo_args(args, args.coherent.trust_remote_code)
+    check_dpo_args(args, args.coherent.trust_remote_code, check_data=not parse_only)
     keys = (data.prompt_key, data.chosen_key, data.rejected_key)
     for flag, datasets in (("--data.dataset", data.dataset), ("--eval.dataset", getattr(args.eval, "dataset", None))):
         for path in (datasets or "").split(","):
@@ -112,7 +112,7 @@ def srpo_installed(argv: Sequence[str], parse_only: bool = False) -> Iterator[No
 
     def hierarchize(flat_args):
         args = original_hierarchize(flat_args)
-        validate(args, argv)
+        validate(args, argv, parse_only)
         if parse_only:
             raise _Parsed(args)
         return args

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from openrlhf_coherent.config import ConfigError
+from openrlhf_coherent.files import loads
 
 ON_BAD_ROW = ("skip", "fail")
 
@@ -137,9 +138,12 @@ def read_jsonl(path: str) -> Iterator[Tuple[int, object]]:
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
+                row = loads(text)  # strict: a NaN anywhere in the row could never be written back
             except json.JSONDecodeError as e:
                 yield line, BadRow(line, f"malformed JSON ({e.msg} at column {e.colno})")
+                continue
+            except ValueError as e:
+                yield line, BadRow(line, f"malformed JSON ({e}; our outputs are strict JSON)")
                 continue
             yield line, row if isinstance(row, dict) else BadRow(line, "not a JSON object")
 
