@@ -122,7 +122,13 @@ def file_sha256(file: str) -> str:
     with open(file, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
-    cache = cache if isinstance(cache, dict) else {}
+    # Entries of files that are gone, or of this file's older versions, are dropped, so the cache
+    # does not grow without bound.
+    def keep(k: str) -> bool:
+        name = k.split("\0")[0]
+        return name != real_path(file) and os.path.exists(name)
+
+    cache = {k: v for k, v in (cache if isinstance(cache, dict) else {}).items() if keep(k)}
     cache[key] = digest.hexdigest()
     try:  # the cache is an optimisation only: an unwritable home just means hashing again
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
@@ -215,8 +221,9 @@ def check_output_folders(outputs: Sequence[PathFlag], reads: Sequence[PathFlag])
 
 # What OpenRLHF 0.11.2 and DeepSpeed write into a checkpoint folder (--ckpt.path): tag folders
 # (`global_step<N>`, `best...`, their `_hf` exports), DeepSpeed's `latest` and `zero_to_fp32.py`,
-# and train_ppo_ray's `_actor`/`_critic` role folders holding the same.
-_CHECKPOINT_ENTRY = re.compile(r"(?:(?:best\w*|global_step\d+)(?:_hf)?|latest|zero_to_fp32\.py|_actor|_critic)$")
+# and train_ppo_ray's `_actor`/`_critic` role folders holding the same; plus the temporary file of
+# the recipe's rewrite of `latest` (`replace_atomically`) that a kill at that instant leaves.
+_CHECKPOINT_ENTRY = re.compile(r"(?:(?:best\w*|global_step\d+)(?:_hf)?|latest|zero_to_fp32\.py|_actor|_critic|\.latest\.\w+\.tmp)$")
 
 
 def check_checkpoint_folder(path: Optional[str], flag: str = "--ckpt.path") -> None:
