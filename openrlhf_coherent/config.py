@@ -192,11 +192,13 @@ def check_causal_lm(path: str, flag: str, trust_remote_code: bool, trust_flag: s
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
+    from .files import check_weights_complete
     from .remote_code import refuse_remote_code
 
     if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
         raise ConfigError(f"{flag} {path}: no such directory")
     refuse_remote_code(path, flag, trust_remote_code, trust_flag)
+    check_weights_complete(path, flag)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError/ValueError/KeyError depending on what is wrong
@@ -350,7 +352,7 @@ def check_ppo_args(args, coherent: bool) -> None:
     """What train_ppo_ray checks with or without the coherent reward, before Ray starts: every
     numeric flag (OpenRLHF's own too), that no model folder OpenRLHF loads (it always passes
     trust_remote_code=True) runs code the user did not allow, and the output and checkpoint folders."""
-    from .files import check_training_folders, local_files
+    from .files import check_training_folders, check_weights_complete, local_files
     from .numeric import check_numeric_flags, tree_items
     from .remote_code import PPO_TRUST_FLAG, refuse_remote_code, share_with_workers
 
@@ -364,6 +366,7 @@ def check_ppo_args(args, coherent: bool) -> None:
         models += [(p, "--reward.model_name_or_path") for p in (args.reward.model_name_or_path or "").split(",") if p]
     for path, flag in models:
         refuse_remote_code(path, flag, trust, PPO_TRUST_FLAG)
+        check_weights_complete(path, flag)
     share_with_workers(trust)  # for loaders in Ray workers that cannot see args (the CPU rollout engine)
     reads = models + [(p, "--data.prompt_dataset") for p in local_files(args.data.prompt_dataset)]
     reads += [(p, "--eval.dataset") for p in local_files(getattr(args.eval, "dataset", None))]

@@ -259,3 +259,36 @@ def check_training_folders(
     check_output_folders([*outputs, ckpt if saves_checkpoints else (None, ckpt[1])], reads)
     if saves_checkpoints:
         check_checkpoint_folder(*ckpt)
+
+
+def check_weights_complete(path: Optional[str], flag: str) -> None:
+    """Every `*.safetensors` file of a local model folder holds all the bytes its header promises:
+    a truncated copy (an interrupted download or rsync) is refused now, naming the file, instead
+    of failing inside a Ray actor after the other models loaded. Reads only each file's header."""
+    import struct
+
+    folder = os.path.expanduser(path or "")
+    if not path or not os.path.isdir(folder):
+        return
+    for name in sorted(os.listdir(folder)):
+        file = os.path.join(folder, name)
+        if not name.endswith(".safetensors") or not os.path.isfile(file):
+            continue
+        size = os.path.getsize(file)
+        problem = None
+        with open(file, "rb") as f:
+            head = f.read(8)
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if header_len is None or 8 + header_len > size:
+                problem = "its header is cut short"
+            else:
+                try:
+                    header = json.loads(f.read(header_len))
+                    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                except (ValueError, KeyError, TypeError, IndexError):
+                    problem = "its header is not valid safetensors JSON"
+                else:
+                    if 8 + header_len + end > size:
+                        problem = f"it has {size} bytes, its header describes {8 + header_len + end} (truncated?)"
+        if problem:
+            raise ConfigError(f"{flag} {path}: {name}: {problem}; the model cannot load")

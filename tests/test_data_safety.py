@@ -421,3 +421,31 @@ def test_a_nan_in_any_input_field_is_a_bad_row_before_models_load(tiny_models, t
     err = exits_2(score.main, ["--sft_model", sft, "--base_model", base, "--input", str(data), "--output", str(out)], capsys)
     assert "line 1" in err and "NaN" in err
     assert not out.exists()
+
+
+def test_a_truncated_safetensors_file_is_refused_before_ray(tiny_models, tmp_path, capsys):
+    base, sft = tiny_models
+    cut = tmp_path / "cut"
+    shutil.copytree(base, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a", "response": "b", "chosen": "b", "rejected": "c"}])
+    for main, argv, flag in (
+        (ppo_main, ppo_argv(sft, str(cut)), "--coherent.base_model"),
+        (score.main, ["--sft_model", sft, "--base_model", str(cut), "--input", data, "--output", str(tmp_path / "o.jsonl")], "--base_model"),
+        (train_dpo.main, ["--model.model_name_or_path", str(cut), "--data.dataset", data, "--data.prompt_key", "prompt",
+                          "--ckpt.output_dir", str(tmp_path / "d")], "--model.model_name_or_path"),
+    ):  # fmt: skip
+        err = exits_2(main, argv, capsys)
+        assert flag in err and "model.safetensors" in err and "truncated" in err
+
+
+def test_a_logit_scaling_model_is_refused_by_the_scorers_driver(tiny_models, tmp_path, capsys):
+    base, sft = tiny_models
+    scaled = tmp_path / "scaled"
+    shutil.copytree(base, scaled)
+    config = json.loads((scaled / "config.json").read_text())
+    (scaled / "config.json").write_text(json.dumps({**config, "logit_scale": 0.5}))
+    data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a", "response": "b"}])
+    err = exits_2(score.main, ["--sft_model", sft, "--base_model", str(scaled), "--input", data, "--output", str(tmp_path / "o.jsonl")], capsys)
+    assert "--base_model" in err and "logit_scale" in err

@@ -95,7 +95,7 @@ def check_dpo_args(args, trust_remote_code: bool, check_data: bool = True) -> No
     local dataset exists and is not empty (`check_data`: off when a command line is only parsed,
     e.g. a preset script's placeholder paths), and the output and checkpoint folders against what
     the run reads."""
-    from openrlhf_coherent.files import check_training_folders, local_files
+    from openrlhf_coherent.files import check_training_folders, check_weights_complete, local_files
     from openrlhf_coherent.numeric import check_numeric_flags, tree_items
     from openrlhf_coherent.remote_code import refuse_remote_code
 
@@ -104,6 +104,7 @@ def check_dpo_args(args, trust_remote_code: bool, check_data: bool = True) -> No
     models = [(args.model.model_name_or_path, "--model.model_name_or_path"), (ref, "--ref.model_name_or_path")]
     for path, flag in models:
         refuse_remote_code(path, flag, trust_remote_code, TRUST_FLAG)
+        check_weights_complete(path, flag)
     reads = list(models)
     for flag, datasets in (("--data.dataset", args.data.dataset), ("--eval.dataset", getattr(args.eval, "dataset", None))):
         for path in (p.strip() for p in (datasets or "").split(",") if p.strip()):
