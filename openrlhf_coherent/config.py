@@ -256,6 +256,17 @@ def check_same_tokenizer(
             f"({len(sft)} vs {len(base)} tokens, {only_sft} token->id entries differ): log p_SFT - log p_base "
             "is only defined for models that share a tokenizer"
         )
+    from transformers import AutoConfig
+
+    for path, flag, tokenizer in ((sft_path, sft_flag, sft), (base_path, base_flag, base)):
+        # A tokenizer with more ids than the embedding has rows fails inside the Ray actor (an index
+        # error on the first such token): found here instead.
+        rows = getattr(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).get_text_config(), "vocab_size", None)
+        if isinstance(rows, int) and len(tokenizer) > rows:
+            raise ConfigError(
+                f"{flag} {path}: its tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {rows}: "
+                "token ids past it would index outside the embedding"
+            )
     for name in ("bos_token_id", "unk_token_id"):
         if getattr(sft, name) != getattr(base, name):
             raise ConfigError(

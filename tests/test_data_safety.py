@@ -449,3 +449,13 @@ def test_a_logit_scaling_model_is_refused_by_the_scorers_driver(tiny_models, tmp
     data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a", "response": "b"}])
     err = exits_2(score.main, ["--sft_model", sft, "--base_model", str(scaled), "--input", data, "--output", str(tmp_path / "o.jsonl")], capsys)
     assert "--base_model" in err and "logit_scale" in err
+
+
+def test_a_model_with_fewer_embedding_rows_than_tokens_is_refused_before_ray(tiny_models, tmp_path, capsys):
+    base, sft = tiny_models
+    small = tmp_path / "small"
+    shutil.copytree(base, small)
+    config = json.loads((small / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] - 5}))
+    err = exits_2(ppo_main, ppo_argv(sft, str(small)), capsys)
+    assert "--coherent.base_model" in err and "vocab_size" in err
