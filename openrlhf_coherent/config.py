@@ -197,11 +197,13 @@ def check_causal_lm(path: str, flag: str, trust_remote_code: bool, trust_flag: s
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
+    from .files import check_weights_complete
     from .remote_code import refuse_remote_code
 
     if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
         raise ConfigError(f"{flag} {path}: no such directory")
     refuse_remote_code(path, flag, trust_remote_code, trust_flag)
+    check_weights_complete(path, flag)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises OSError/ValueError/KeyError depending on what is wrong
@@ -259,6 +261,17 @@ def check_same_tokenizer(
             f"({len(sft)} vs {len(base)} tokens, {only_sft} token->id entries differ): log p_SFT - log p_base "
             "is only defined for models that share a tokenizer"
         )
+    from transformers import AutoConfig
+
+    for path, flag, tokenizer in ((sft_path, sft_flag, sft), (base_path, base_flag, base)):
+        # A tokenizer with more ids than the embedding has rows fails inside the Ray actor (an index
+        # error on the first such token): found here instead.
+        rows = getattr(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).get_text_config(), "vocab_size", None)
+        if isinstance(rows, int) and len(tokenizer) > rows:
+            raise ConfigError(
+                f"{flag} {path}: its tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {rows}: "
+                "token ids past it would index outside the embedding"
+            )
     for name in ("bos_token_id", "unk_token_id"):
         if getattr(sft, name) != getattr(base, name):
             raise ConfigError(
@@ -307,8 +320,9 @@ ROLLOUT_LOG_KEYS = ("step", "prompt_ids", "response_ids", "reward")  # every row
 def check_rollout_log(path: str) -> None:
     """An existing --coherent.rollout_log must be one this plugin wrote: a resume cuts the rows of
     rollouts after its checkpoint, and appending or cutting must never touch a file we did not write."""
-    if os.path.isdir(path):
-        raise ConfigError(f"--coherent.rollout_log {path}: is a folder, expected a file name")
+    from .files import check_outputs
+
+    check_outputs([(path, "--coherent.rollout_log")])  # a folder, or an uncreatable path: now, not after a rollout
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -348,6 +362,34 @@ def refuse_vision_models(args, configs: dict, trust_remote_code: bool) -> None:
                 f"{flag}: a vision-language model ({type(cfg).__name__}); --reward.model_name_or_path coherent "
                 "scores text only and would compute log p_base without the prompts' images"
             )
+
+
+def check_ppo_args(args, coherent: bool) -> None:
+    """What train_ppo_ray checks with or without the coherent reward, before Ray starts: every
+    numeric flag (OpenRLHF's own too), that no model folder OpenRLHF loads (it always passes
+    trust_remote_code=True) runs code the user did not allow, and the output and checkpoint folders."""
+    from .files import check_training_folders, check_weights_complete, local_files
+    from .numeric import check_numeric_flags, tree_items
+    from .remote_code import PPO_TRUST_FLAG, refuse_remote_code, share_with_workers
+
+    check_numeric_flags(tree_items(args))
+    trust = args.coherent.trust_remote_code
+    models = [(args.actor.model_name_or_path, "--actor.model_name_or_path"),
+              (args.critic.model_name_or_path, "--critic.model_name_or_path")]  # fmt: skip
+    if coherent:
+        models += [(args.coherent.base_model, "--coherent.base_model"), (args.coherent.sft_model, "--coherent.sft_model")]
+    elif not args.reward.remote_url:
+        models += [(p, "--reward.model_name_or_path") for p in (args.reward.model_name_or_path or "").split(",") if p]
+    for path, flag in models:
+        refuse_remote_code(path, flag, trust, PPO_TRUST_FLAG)
+        check_weights_complete(path, flag)
+    share_with_workers(trust)  # for loaders in Ray workers that cannot see args (the CPU rollout engine)
+    reads = models + [(p, "--data.prompt_dataset") for p in local_files(args.data.prompt_dataset)]
+    reads += [(p, "--eval.dataset") for p in local_files(getattr(args.eval, "dataset", None))]
+    outputs = [(args.ckpt.output_dir, "--ckpt.output_dir")]
+    if args.critic.model_name_or_path and args.critic.save_value_network:
+        outputs.append((args.ckpt.output_dir + "_critic", "--ckpt.output_dir (+ _critic, the value network)"))
+    check_training_folders(outputs, (args.ckpt.path, "--ckpt.path"), reads, args.ckpt.save_steps > 0)
 
 
 def validate(args) -> None:
@@ -435,7 +477,7 @@ def validate(args) -> None:
         c.rollout_log = os.path.abspath(os.path.expanduser(c.rollout_log))
         check_rollout_log(c.rollout_log)
 
-    from .remote_code import PPO_TRUST_FLAG, refuse_remote_code, share_with_workers
+    from .remote_code import PPO_TRUST_FLAG
 
     trust = c.trust_remote_code
     base_config = check_causal_lm(c.base_model, "--coherent.base_model", trust, PPO_TRUST_FLAG)
@@ -444,10 +486,8 @@ def validate(args) -> None:
     sft_config = check_causal_lm(c.sft_model, sft_flag, trust, PPO_TRUST_FLAG)
     refuse_vision_models(args, {"--coherent.base_model": base_config, sft_flag: sft_config}, trust)
     # OpenRLHF loads the actor (also as reference model and vLLM engine) and the critic with
-    # trust_remote_code=True whatever the flag says: refuse custom code there too.
-    refuse_remote_code(args.actor.model_name_or_path, "--actor.model_name_or_path", trust, PPO_TRUST_FLAG)
-    refuse_remote_code(args.critic.model_name_or_path, "--critic.model_name_or_path", trust, PPO_TRUST_FLAG)
-    share_with_workers(trust)  # for loaders in Ray workers that cannot see args (the CPU rollout engine)
+    # trust_remote_code=True whatever the flag says: check_ppo_args refuses custom code there.
+    check_ppo_args(args, coherent=True)
     # Derived setting read by the experience maker: the EOS ids the SFT model (and the actor that
     # generates) stops on and the base does not, excluded from both terms when a response ends with
     # one (None: they stop on the same ids).

@@ -30,6 +30,7 @@ from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 
 from .mix import RuleReward, mix as mix_terms
+from .files import replace_atomically
 from .reward import coherent_reward
 
 logger = logging.getLogger("openrlhf_coherent")
@@ -254,7 +255,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                 f.truncate(cut_at)
                 return dropped
         if dropped:  # rows of another run lie among the cut ones: rewrite the file without ours
-            with open(path, "rb") as f, open(path + ".tmp", "wb") as out:
+            with open(path, "rb") as f, replace_atomically(path, "wb") as out:
                 remaining = cut_at  # copied in blocks: the kept part may be gigabytes
                 while remaining > 0:
                     block = f.read(min(remaining, 1 << 20))
@@ -263,7 +264,6 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
                     out.write(block)
                     remaining -= len(block)
                 out.writelines(reversed(kept))
-            os.replace(path + ".tmp", path)
         return dropped
 
     def _write_rollout_log(self, experiences: List[Experience]) -> None:

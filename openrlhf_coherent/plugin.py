@@ -74,9 +74,10 @@ class CoherentRewardPlugin:
         # Before OpenRLHF prints every argument and uploads them to wandb: never the key itself.
         redact.check_wandb_key(args)
         if self.selected(args):
-            config.validate(args)
+            config.validate(args)  # includes config.check_ppo_args, after the coherent flags are resolved
         else:
             warn_unused_coherent_flags(args)
+            config.check_ppo_args(args, coherent=False)
         self._args = args
 
     def ray_init_kwargs(self, kwargs: dict) -> dict:

@@ -50,16 +50,25 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int) -> List[List[int]]:
     return batches
 
 
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier", "output_multiplier_scale")
+
+
+def logit_transform(config) -> Optional[str]:
+    """The config field that transforms the logits after the LM head, or None. The driver checks it
+    on the config (evaluator.common.check_model_pair) before any actor loads the model."""
+    return next((name for name in LOGIT_TRANSFORMS if getattr(config, name, None) not in (None, 1.0)), None)
+
+
 def check_plain_lm_head(model) -> None:
     """The head-on-response-positions path calls the decoder and the output embedding separately,
     so it is only exact for models whose logits are that linear layer's output."""
     config = model.config
-    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier", "output_multiplier_scale"):
-        if getattr(config, name, None) not in (None, 1.0):
-            raise NotImplementedError(
-                f"{config.model_type}: config.{name} transforms the logits after the LM head; "
-                "openrlhf_coherent.scoring computes logits as decoder -> output embedding only"
-            )
+    name = logit_transform(config)
+    if name:
+        raise NotImplementedError(
+            f"{config.model_type}: config.{name} transforms the logits after the LM head; "
+            "openrlhf_coherent.scoring computes logits as decoder -> output embedding only"
+        )
     if model.base_model is model:
         raise NotImplementedError(f"{type(model).__name__}: no separate decoder (base_model_prefix) to run")
 

@@ -211,19 +211,19 @@ def test_revise_two_revisions_pick_by_coherent(tiny_models, files, tmp_path, mon
 def test_train_srpo_bad_rows_name_the_line(files, tmp_path, bad_row, message):
     data = write_jsonl(tmp_path / "bad.jsonl", [PAIRS[0], bad_row, PAIRS[1]])
     with pytest.raises(ConfigError, match="--data.dataset .*bad.jsonl: " + message.replace("(", r"\(").replace(")", r"\)")):
-        train_srpo.parse_args(train_argv("/no/model/loaded", data, files.revision, str(tmp_path)))
+        train_srpo.parse_args(train_argv("/no/model/loaded", data, files.revision, str(tmp_path / "out")))
 
 
 def test_train_srpo_bad_flags_exit_2_before_models_load(files, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")  # no single-process env set up in this test process
-    argv = train_argv("/no/model/loaded", files.prefs, files.bad_template, str(tmp_path))
+    argv = train_argv("/no/model/loaded", files.prefs, files.bad_template, str(tmp_path / "out"))
     assert train_srpo.main(argv) == 2
     assert "--srpo.revision_template" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="has no {completion} placeholder"):
         train_srpo.parse_args(argv)
     with pytest.raises(ConfigError, match="--model.beta is DPO's"):
-        train_srpo.parse_args(train_argv("/m", files.prefs, files.revision, str(tmp_path), "--model.beta", "0.1"))
-    args = train_srpo.parse_args(train_argv("/m", files.prefs, files.revision, str(tmp_path), "--srpo.average_log_prob",
+        train_srpo.parse_args(train_argv("/m", files.prefs, files.revision, str(tmp_path / "out"), "--model.beta", "0.1"))
+    args = train_srpo.parse_args(train_argv("/m", files.prefs, files.revision, str(tmp_path / "out"), "--srpo.average_log_prob",
                                             "--srpo.generation_template", os.path.join(TEMPLATE_DIR, "tldr_generation.txt")))
     assert args.srpo.average_log_prob and args.data.input_template.format("POST: x").endswith("POST: x\nTL;DR:")
 

@@ -138,7 +138,7 @@ def run(args) -> None:
 
     stream = ScoredStream(candidates, "--candidates", ("samples", "reward_sums"))
     already, no_pair = len(stream.done_lines), 0
-    try:
+    with stream:
         prompts, bad = load_jobs(args.input, make_job, args.on_bad_row, skip_lines=stream.done_lines)
         report_bad_rows(bad)
         on_bad = bad_row_handler(args.input, args.on_bad_row, bad, report=True)
@@ -151,8 +151,6 @@ def run(args) -> None:
                 for start in range(0, len(prompts), PROMPTS_PER_ROUND):
                     chunk = prompts[start : start + PROMPTS_PER_ROUND]
                     no_pair += bootstrap_round(args, pool, tokenizer, fmt, chunk, prompt_ids, stream, on_bad)
-    finally:
-        stream.close()
 
     rows = read_rows(candidates)
     pairs = [{**best_worst(r, args.aggregate), "_candidate": r} for r in rows if len(r["samples"]) >= 2]

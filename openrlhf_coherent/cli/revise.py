@@ -213,8 +213,11 @@ def run(args) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
-    return exit_status(lambda: run(args))
+    from openrlhf_coherent.numeric import check_parsed
+
+    p = parser()
+    args = p.parse_args(argv)
+    return exit_status(lambda: (check_parsed(p, args), run(args)))
 
 
 if __name__ == "__main__":

@@ -90,22 +90,23 @@ def parser() -> argparse.ArgumentParser:
 
 def parse(argv: Sequence[str]) -> Tuple[argparse.Namespace, List[str]]:
     """(SeRA options, train_dpo flags), every flag checked."""
-    args, train_args = parser().parse_known_args(list(argv))
+    from openrlhf_coherent.numeric import argv_items, check_numeric_flags, check_parsed
+
+    p = parser()
+    args, train_args = p.parse_known_args(list(argv))
+    # The shared numeric rules: ours, and the train_dpo flags each round will run with (found now,
+    # not when round 1's training starts after its sampling).
+    check_parsed(p, args)
+    check_numeric_flags(argv_items(train_args))
     for flag in train_args:
         name = flag.split("=", 1)[0]
         if name in OWNED_TRAIN_FLAGS:
             raise ConfigError(f"{name} is set by sera for each round; use {OWNED_TRAIN_FLAGS[name]}")
     checks = [
         (args.rounds >= 1, f"--rounds must be >= 1, got {args.rounds}"),
-        (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
         (0 <= args.select_fraction <= 1, f"--select_fraction must be in [0, 1], got {args.select_fraction}"),
-        (args.bootstrap_fraction >= 0, f"--bootstrap_fraction must be >= 0, got {args.bootstrap_fraction}"),
         (args.num_samples >= 2, f"--num_samples must be >= 2 (a pair needs two responses), got {args.num_samples}"),
-        (args.temperature > 0, f"--temperature must be > 0, got {args.temperature}"),
-        (0 < args.top_p <= 1, f"--top_p must be in (0, 1], got {args.top_p}"),
-        (args.max_new_tokens >= 1 and args.max_len >= 2, "--max_new_tokens must be >= 1 and --max_len >= 2"),
         (bool(args.prompt_key), "--prompt_key is required (bootstrapping samples from the prompt)"),
-        (args.epochs_per_round >= 1, f"--epochs_per_round must be >= 1, got {args.epochs_per_round}"),
         (args.loss == "simpo" or args.simpo_gamma == 0, "--dpo.simpo_gamma needs --dpo.loss simpo"),
         (not args.input_template or "{}" in args.input_template, "--input_template has no {} for the prompt"),
     ]
@@ -188,6 +189,11 @@ def run(args, train_args: Sequence[str]) -> dict:
     from openrlhf_coherent.sera.loop import run_rounds
     from openrlhf_coherent.sera.rounds import check_config
 
+    from openrlhf_coherent.files import check_output_folders
+
+    # Every round's data and model go under --output_dir: it may not be, hold or lie inside the
+    # SFT model or the input, and must be a creatable folder.
+    check_output_folders([(args.output_dir, "--output_dir")], [(args.sft_model, "--sft_model"), (args.input, "--input")])
     check_causal_lm(args.sft_model, "--sft_model", args.trust_remote_code)
     pairs = load_pairs(args)
     check_batch_size(args, train_args, len(pairs))

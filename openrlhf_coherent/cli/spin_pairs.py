@@ -109,7 +109,7 @@ def run(args) -> None:
 
     stream = ScoredStream(samples_path, "--samples", ("prompt", "chosen", "rejected"))
     already = len(stream.done_lines)
-    try:
+    with stream:
         jobs, bad = load_jobs(args.input, make_job, args.on_bad_row, skip_lines=stream.done_lines)
         jobs = [j for j in jobs if j is not None]
         report_bad_rows(bad)
@@ -120,8 +120,6 @@ def run(args) -> None:
             ) as pool:  # fmt: skip
                 for start in range(0, len(jobs), PROMPTS_PER_ROUND):
                     sample_round(args, pool, tokenizer, jobs[start : start + PROMPTS_PER_ROUND], prompt_ids, stream)
-    finally:
-        stream.close()
 
     rows = [r for r in read_rows(samples_path) if allowed is None or r["line"] in allowed]
     kept = [r for r in rows if r["rejected"].strip() and r["rejected"].strip() != r["chosen"].strip()]

@@ -64,11 +64,40 @@ def command_line(argv: Sequence[str], env: Dict[str, str]) -> str:
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()), shlex.join(mask_argv(argv))])
 
 
+def check_before_running(cfg: RecipeConfig, stages: Sequence[Stage]) -> None:
+    """What each stage's own tool would refuse, found at plan (and dry-run) time instead of when
+    the stage starts: every number on its command line (the shared rules, `numeric`), and the
+    models' custom code (the SFT and DPO stages run OpenRLHF's CLIs, which always trust it)."""
+    from openrlhf_coherent.config import ConfigError
+    from openrlhf_coherent.numeric import argv_items, check_numeric_flags
+    from openrlhf_coherent.remote_code import refuse_remote_code
+
+    try:
+        for key in ("base_model", "sft_model"):
+            refuse_remote_code(getattr(cfg, key), key, cfg.trust_remote_code, "trust_remote_code: true")
+        if cfg.method == "ppo_rm":
+            refuse_remote_code(cfg.ppo_rm.reward_model, "ppo_rm.reward_model", cfg.trust_remote_code, "trust_remote_code: true")
+    except ConfigError as e:
+        raise RecipeConfigError(f"{cfg._source}: {e}") from None
+    for stage in stages:
+        try:
+            check_numeric_flags(argv_items(stage.argv))
+        except ConfigError as e:
+            raise RecipeConfigError(f"{cfg._source}: stage {stage.label}: {e} (from the recipe's values)") from None
+
+
+def _comment(text: str) -> str:
+    """One line of a `#` comment: a newline in a path would end the comment and the rest would
+    become a shell line when the dry run is replayed."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def plan(cfg: RecipeConfig, names: Optional[str], cuda: bool):
     """[(stage, status)] for the selected stages, and the problems that would stop a run: a missing
     input file, or an upstream stage that is neither complete nor part of this run."""
     all_stages = build_stages(cfg, cuda)
     selected = select_stages(all_stages, names, cfg)
+    check_before_running(cfg, selected)
     chosen = {id(s) for s in selected}
     problems, produced = [], set()
     out = []
@@ -109,11 +138,11 @@ def run(args) -> int:
     cuda = cuda_available()
     steps, problems = plan(cfg, args.stages, cuda)
     if args.dry_run:
-        print(f"# recipe {args.config}: method {cfg.method}, output_dir {os.path.abspath(cfg.output_dir)}")
+        print(_comment(f"# recipe {args.config}: method {cfg.method}, output_dir {os.path.abspath(cfg.output_dir)}"))
         for problem in problems:
-            print(f"# WARNING: {problem}")
+            print(_comment(f"# WARNING: {problem}"))
         for stage, status in steps:
-            print(f"# stage {stage.label}: {resume.describe(stage, status)}")
+            print(_comment(f"# stage {stage.label}: {resume.describe(stage, status)}"))
             print(command_line(stage.argv, stage_env(stage, cuda)))
         return 0
     if problems:

@@ -32,6 +32,7 @@ from openrlhf_coherent.launch import make_single_process
 from openrlhf_coherent.config import ConfigError, exit_status
 from openrlhf_coherent.redact import check_wandb_key
 from openrlhf_coherent.losses import LOSSES, make_loss
+from openrlhf_coherent.remote_code import PPO_TRUST_FLAG as TRUST_FLAG  # one flag for PPO, train_dpo, train_srpo
 
 OPENRLHF_CLI = "openrlhf.cli.train_dpo"
 
@@ -40,12 +41,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m openrlhf_coherent.cli.train_dpo", add_help=False)
     p.add_argument("--dpo.loss", dest="loss", choices=LOSSES, default=None, help="Preference loss (default: stock)")
     p.add_argument("--dpo.simpo_gamma", dest="simpo_gamma", type=float, default=None, help="SimPO's margin (default 0)")
+    p.add_argument(TRUST_FLAG, dest="trust_remote_code", action="store_true",
+                   help="Allow a model folder's custom code (OpenRLHF loads both models with trust_remote_code=True)")
     return p
 
 
 def split_args(argv: Sequence[str]):
     """(our options, the rest for OpenRLHF's parser), checked."""
-    ours, rest = parser().parse_known_args(argv)
+    from openrlhf_coherent.numeric import check_parsed
+
+    p = parser()
+    ours, rest = p.parse_known_args(argv)
+    check_parsed(p, ours)
     if ours.simpo_gamma is not None and ours.loss != "simpo":
         raise ConfigError("--dpo.simpo_gamma is SimPO's margin: pass it with --dpo.loss simpo")
     if ours.loss not in (None, "dpo", "ipo") and ("--model.ipo_enable" in rest or "--model.label_smoothing" in rest):
@@ -83,14 +90,36 @@ def trainer_class(loss: str, simpo_gamma: Optional[float]):
 
 
 
-def check_output_dir(args) -> None:
-    """The trained model is saved into --ckpt.output_dir: it must not be a model folder it starts
-    from (saving there would overwrite the input model), and it must be creatable. Before any load."""
-    from openrlhf_coherent.files import check_outputs
+def check_dpo_args(args, trust_remote_code: bool, check_data: bool = True) -> None:
+    """What train_dpo and train_srpo check before any model loads: every numeric flag, that neither
+    model folder runs code unasked (OpenRLHF loads both with trust_remote_code=True), that every
+    local dataset exists and is not empty (`check_data`: off when a command line is only parsed,
+    e.g. a preset script's placeholder paths), and the output and checkpoint folders against what
+    the run reads."""
+    from openrlhf_coherent.files import check_training_folders, check_weights_complete, local_files
+    from openrlhf_coherent.numeric import check_numeric_flags, tree_items
+    from openrlhf_coherent.remote_code import refuse_remote_code
 
+    check_numeric_flags(tree_items(args))
     ref = args.ref.model_name_or_path or args.model.model_name_or_path
     models = [(args.model.model_name_or_path, "--model.model_name_or_path"), (ref, "--ref.model_name_or_path")]
-    check_outputs([(args.ckpt.output_dir, "--ckpt.output_dir")], models, folders=["--ckpt.output_dir"])
+    for path, flag in models:
+        refuse_remote_code(path, flag, trust_remote_code, TRUST_FLAG)
+        check_weights_complete(path, flag)
+    reads = list(models)
+    for flag, datasets in (("--data.dataset", args.data.dataset), ("--eval.dataset", getattr(args.eval, "dataset", None))):
+        for path in (p.strip() for p in (datasets or "").split(",") if p.strip()):
+            if not check_data:
+                continue
+            if path.lower().endswith((".json", ".jsonl")) or path.startswith(("/", "./", "../", "~")):
+                if not os.path.exists(os.path.expanduser(path)):
+                    raise ConfigError(f"{flag} {path}: no such file or folder")
+            if os.path.isfile(path) and os.path.getsize(path) == 0:
+                raise ConfigError(f"{flag} {path}: is empty, no preference pairs to train on")
+        reads += [(p, flag) for p in local_files(datasets)]
+    check_training_folders(
+        [(args.ckpt.output_dir, "--ckpt.output_dir")], (args.ckpt.path, "--ckpt.path"), reads, args.ckpt.save_steps > 0
+    )
 
 
 def check_preference_data(args) -> None:
@@ -152,7 +181,7 @@ def _run(argv: Sequence[str]) -> None:
     def hierarchize(flat_args):  # OpenRLHF's args tree, checked before train() loads a model
         args = original_hierarchize(flat_args)
         check_wandb_key(args)  # before OpenRLHF prints every argument
-        check_output_dir(args)
+        check_dpo_args(args, ours.trust_remote_code)
         check_preference_data(args)
         return args
 

@@ -51,10 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="file with {prompt}: the 0-revision prompt (plain text; sets --data.input_template)")
     group.add_argument("--srpo.average_log_prob", action="store_true", default=False,
                        help="per-token average log-likelihoods instead of sums (the paper's UltraFeedback setting)")
+    group.add_argument("--coherent.trust_remote_code", action="store_true", default=False,
+                       help="Allow a model folder's custom code (OpenRLHF loads both models with trust_remote_code=True)")
     devmode.allow_fp32_param_dtype(parser)
 
 
-def validate(args, argv: Sequence[str]) -> None:
+def validate(args, argv: Sequence[str], parse_only: bool = False) -> None:
     """Checks that need no model; raises ConfigError naming the flag (or the file and line)."""
     check_wandb_key(args)  # before OpenRLHF prints every argument
     from openrlhf_coherent.srpo.dataset import check_jsonl
@@ -62,10 +64,8 @@ def validate(args, argv: Sequence[str]) -> None:
 
     srpo, data = args.srpo, args.data
     load_template(srpo.revision_template, "--srpo.revision_template", revision=True)
-    if srpo.beta is None or srpo.beta <= 0:
-        raise ConfigError(f"--srpo.beta must be given and > 0 (got {srpo.beta})")
-    if not 0 <= srpo.alpha <= 1:
-        raise ConfigError(f"--srpo.alpha must be in [0, 1], got {srpo.alpha}")
+    if srpo.beta is None:  # its range, and --srpo.alpha's, are checked with every other number (check_dpo_args)
+        raise ConfigError("--srpo.beta is required (> 0)")
     # DPO flags SRPO does not use: refuse them rather than ignore them silently.
     if config.flag_value(argv, "--model.beta") is not None:
         raise ConfigError("--model.beta is DPO's; train_srpo reads --srpo.beta")
@@ -79,9 +79,9 @@ def validate(args, argv: Sequence[str]) -> None:
         data.input_template = load_template(srpo.generation_template, "--srpo.generation_template", revision=False).as_input_template()
     if not data.dataset:
         raise ConfigError("--data.dataset is required")
-    from openrlhf_coherent.cli.train_dpo import check_output_dir
+    from openrlhf_coherent.cli.train_dpo import check_dpo_args
 
-    check_output_dir(args)
+    check_dpo_args(args, args.coherent.trust_remote_code, check_data=not parse_only)
     keys = (data.prompt_key, data.chosen_key, data.rejected_key)
     for flag, datasets in (("--data.dataset", data.dataset), ("--eval.dataset", getattr(args.eval, "dataset", None))):
         for path in (datasets or "").split(","):
@@ -114,7 +114,7 @@ def srpo_installed(argv: Sequence[str], parse_only: bool = False) -> Iterator[No
 
     def hierarchize(flat_args):
         args = original_hierarchize(flat_args)
-        validate(args, argv)
+        validate(args, argv, parse_only)
         if parse_only:
             raise _Parsed(args)
         return args

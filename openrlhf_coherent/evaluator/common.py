@@ -82,9 +82,17 @@ def check_files(inputs: Sequence[Tuple[str, str]], streams: Sequence[Tuple[str, 
 
 
 def check_model_pair(numerator: Tuple[str, str], denominator: Tuple[str, str], trust_remote_code: bool) -> None:
-    """(path, flag) of both models: causal LMs sharing one tokenizer. Runs before Ray starts."""
+    """(path, flag) of both models: causal LMs sharing one tokenizer, whose logits are the LM
+    head's output (what the scorer computes). Runs before Ray starts."""
+    from openrlhf_coherent.scoring import logit_transform
+
     for path, flag in (numerator, denominator):
-        check_causal_lm(path, flag, trust_remote_code)
+        name = logit_transform(check_causal_lm(path, flag, trust_remote_code))
+        if name:
+            raise ConfigError(
+                f"{flag} {path}: config.{name} transforms the logits after the LM head; the scorer computes "
+                "log-probs from decoder -> output embedding only, so it cannot score this model"
+            )
     check_same_tokenizer(numerator[0], denominator[0], numerator[1], trust_remote_code, base_flag=denominator[1])
 
 
@@ -177,8 +185,10 @@ def run_cli(run, argv: Optional[Sequence[str]], parser: argparse.ArgumentParser)
     plugin's other CLIs."""
     from openrlhf_coherent import devmode
 
+    from openrlhf_coherent.numeric import check_parsed
+
     args = parser.parse_args(argv)
     devmode.apply()
-    status = exit_status(lambda: run(args))
+    status = exit_status(lambda: (check_parsed(parser, args), run(args)))
     if status:
         sys.exit(status)

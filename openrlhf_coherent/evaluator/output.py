@@ -6,7 +6,9 @@ never rewritten. Each row goes out in one write + flush, so an interrupted run l
 unfinished last line; that partial line (no trailing newline) is the only thing ever cut off, and
 only after every complete line was checked to be a row of this tool (a file we did not write is
 never touched). Rows may carry `scored_by`, the identities of the models that scored them; a
-resume with other models is refused rather than mixing two models' scores in one file.
+resume with other models is refused rather than mixing two models' scores in one file. The
+stream is locked (`files.exclusive_lock`) from before it is read until it is closed: a second run
+on the same output refuses instead of appending its rows among ours.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 from typing import Callable, Iterable, List, Optional, Sequence, Set
 
 from openrlhf_coherent.config import ConfigError
-from openrlhf_coherent.files import dumps, loads
+from openrlhf_coherent.files import dumps, exclusive_lock, loads, replace_atomically
 
 
 class ScoredStream:
@@ -34,7 +36,16 @@ class ScoredStream:
     ):
         self.path, self.flag = path, flag
         self.done_lines: Set[int] = set()
-        if os.path.exists(path):
+        self._created = not os.path.exists(path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")
+        self._lock = exclusive_lock(self._file, path, flag)
+        try:
+            self._lock.__enter__()
+        except ConfigError:
+            self._file.close()  # another run holds it: leave its file alone (never unlink it)
+            raise
+        try:
             for number, row in self._existing_rows(required_keys):
                 expected = expected_stamp(row) if expected_stamp else None
                 if expected is not None and not same_stamp(row.get("scored_by"), expected):
@@ -45,8 +56,9 @@ class ScoredStream:
                     )
                 self.done_lines.add(row["line"])
             self._drop_partial_last_line()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
+        except BaseException:
+            self.close(failed=True)
+            raise
 
     def _existing_rows(self, required_keys: Sequence[str]):
         with open(self.path, "rb") as f:
@@ -84,7 +96,20 @@ class ScoredStream:
         self._file.flush()
         self.done_lines.add(row["line"])
 
-    def close(self) -> None:
+    def __enter__(self) -> "ScoredStream":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(failed=exc_type is not None)
+
+    def close(self, failed: bool = False) -> None:
+        """Release the lock and close. A run that `failed` before writing a row to a file it
+        created removes it: a failure leaves no empty output behind."""
+        if self._file.closed:
+            return
+        if failed and self._created and os.path.getsize(self.path) == 0:
+            os.unlink(self.path)
+        self._lock.__exit__(None, None, None)
         self._file.close()
 
 
@@ -129,11 +154,8 @@ def check_derived_output(path: str, flag: str) -> None:
 
 
 def write_rows(path: str, rows: Iterable[dict]) -> None:
-    """Write a derived file (a selection) whole: to a temporary name, then renamed, so a reader
-    never sees half of it. It is recomputed from the scored stream on every run."""
-    tmp = f"{path}.tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Write a derived file (a selection) whole (`files.replace_atomically`): a reader never sees
+    half of it. It is recomputed from the scored stream on every run."""
+    with replace_atomically(path) as f:
         for row in rows:
             f.write(dumps(row) + "\n")
-    os.replace(tmp, path)

@@ -55,12 +55,14 @@ def score_file(
     stamps = [scored_by(r) for r in rounds]
 
     def expected_stamp(row: dict):
-        fold = row.get("fold", 0)
+        # Only cross-fitting writes `fold` (over any input field of that name); a single round's
+        # rows may carry an input field `fold`, which says nothing about the models.
+        fold = row.get("fold", 0) if len(stamps) > 1 else 0
         return stamps[fold] if isinstance(fold, int) and 0 <= fold < len(stamps) else {"fold": "unknown"}
 
     stream = ScoredStream(output, output_flag, required_keys, expected_stamp)
     already = len(stream.done_lines)
-    try:
+    with stream:
         jobs, bad = load_jobs(args.input, make_job, args.on_bad_row, skip_lines=stream.done_lines)
         report_bad_rows(bad)
         on_bad = bad_row_handler(args.input, args.on_bad_row, bad, report=True)
@@ -77,6 +79,4 @@ def score_file(
                             {**to_row(job, s), **extra, "scored_by": stamp}
                         )
                         pool.score(round_jobs, write, r.desc, on_bad=on_bad)
-    finally:
-        stream.close()
     return {"already_scored": already, "scored": len(jobs), "skipped_bad_rows": len(bad), "bad_lines": [e.line for e in bad]}

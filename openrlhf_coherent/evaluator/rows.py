@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from openrlhf_coherent.config import ConfigError
+from openrlhf_coherent.files import loads
 
 ON_BAD_ROW = ("skip", "fail")
 
@@ -125,15 +126,24 @@ def tokenize_pair(tokenizer, prompt: str, response: str, max_len: int, line: int
 
 
 def read_jsonl(path: str) -> Iterator[Tuple[int, object]]:
-    """(line number, parsed row or BadRow) for every non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
+    """(line number, parsed row or BadRow) for every non-blank line; a line that is not UTF-8
+    text is a BadRow naming its line and column, like malformed JSON."""
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield line, BadRow(line, f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})")
+                continue
             if not text.strip():
                 continue
             try:
-                row = json.loads(text)
+                row = loads(text)  # strict: a NaN anywhere in the row could never be written back
             except json.JSONDecodeError as e:
                 yield line, BadRow(line, f"malformed JSON ({e.msg} at column {e.colno})")
+                continue
+            except ValueError as e:
+                yield line, BadRow(line, f"malformed JSON ({e}; our outputs are strict JSON)")
                 continue
             yield line, row if isinstance(row, dict) else BadRow(line, "not a JSON object")
 

@@ -175,6 +175,10 @@ class RecipeConfig:
     spin: SpinConfig = field(default_factory=SpinConfig)
     ppo_rm: PPORMConfig = field(default_factory=PPORMConfig)
     description: str = ""  # free text: where the values come from
+    # Allow custom code from base_model / sft_model / ppo_rm.reward_model (auto_map, custom_generate,
+    # an adapter's base): checked at plan time, since the train_sft/train_dpo stages run OpenRLHF's
+    # own CLIs, which always load with trust_remote_code=True. Passed on to the PPO and SPIN tools.
+    trust_remote_code: bool = False
 
     def sft_phases(self) -> List[SFTPhase]:
         """The SFT phases in order: the `sft` section, then each `then` entry over its defaults."""

@@ -18,6 +18,8 @@ import re
 import time
 from typing import List, Optional, Tuple
 
+from openrlhf_coherent.files import replace_atomically
+
 from .config import RecipeConfigError
 from .stages import Stage
 from ..redact import mask_argv
@@ -119,9 +121,8 @@ def align_checkpoints(stage: Stage) -> Optional[str]:
         with open(latest) as f:
             old = f.read().strip()
         if old != tag:
-            with open(latest + ".tmp", "w") as f:
+            with replace_atomically(latest) as f:
                 f.write(tag)
-            os.replace(latest + ".tmp", latest)
             done.append(f"{role}: latest {old or '(empty: killed while DeepSpeed wrote it)'} -> {tag}")
     return f"every role resumes from step {step} ({'; '.join(done)})" if done else None
 
@@ -160,10 +161,9 @@ def describe(stage: Stage, status: str) -> str:
 def mark_complete(stage: Stage, argv: List[str], seconds: float) -> None:
     path = marker_path(stage)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
+    with replace_atomically(path) as f:
         json.dump({"stage": stage.label, "command": mask_argv(argv), "seconds": round(seconds, 1),
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)  # fmt: skip
-    os.replace(path + ".tmp", path)
 
 
 def _has_files(path: str) -> bool:

@@ -222,6 +222,7 @@ def ppo_stage(cfg: RecipeConfig, out: str, sft_out: str) -> Stage:
         "--ckpt.save_steps", p.save_steps,
         "--ckpt.load_enable",  # OpenRLHF restores global step, episode, consumed prompts, dataloader state
         "--logger.tensorboard_dir", os.path.join(out, "tensorboard", name),
+        *(["--coherent.trust_remote_code"] if cfg.trust_remote_code else []),
         *p.extra_args,
     ]  # fmt: skip
     argv = [sys.executable, "-m", "openrlhf_coherent.cli.train_ppo_ray", *strs(args)]
@@ -270,6 +271,7 @@ def spin_stages(cfg: RecipeConfig, out: str, sft_out: str, cuda: bool) -> List[S
         "--temperature", s.temperature, "--top_p", s.top_p, "--max_new_tokens", s.max_new_tokens,
         "--seed", first.seed, "--max_len", s.max_len, "--num_actors", s.num_actors,
         *opt("--max_samples", s.max_samples),
+        *(["--trust_remote_code"] if cfg.trust_remote_code else []),
         *s.pairs_extra_args,
     ]  # fmt: skip
     pairs_stage = Stage("spin_pairs", "spin_pairs",

@@ -133,6 +133,7 @@ def train_command(args, train_args: Sequence[str], r: Round, init: str) -> List[
     cmd += ["--data.apply_chat_template"] if args.apply_chat_template else []
     cmd += ["--data.input_template", args.input_template] if args.input_template else []
     cmd += ["--dpo.simpo_gamma", str(args.simpo_gamma)] if args.loss == "simpo" else []
+    cmd += ["--coherent.trust_remote_code"] if args.trust_remote_code else []  # train_dpo's own check
     return cmd + list(train_args)
 
 

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 
 from openrlhf_coherent.config import ConfigError
 from openrlhf_coherent.redact import mask_tree
+from openrlhf_coherent.files import replace_atomically
 
 CONFIG = "sera_config.json"
 RESUMABLE = ("--rounds",)  # the only flag a resume may change (to add rounds)
@@ -53,10 +54,8 @@ class Round:
         return os.path.exists(self.path("DONE.json"))
 
     def mark_done(self, info: Dict) -> None:
-        tmp = self.path("DONE.json.tmp")
-        with open(tmp, "w") as f:
+        with replace_atomically(self.path("DONE.json")) as f:  # a reader never sees a half-written marker
             json.dump({"round": self.t, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}, f, indent=1)
-        os.replace(tmp, self.path("DONE.json"))  # a reader never sees a half-written marker
 
 
 def policies(root: str, sft_model: str, rounds: int) -> List[str]:
