@@ -18,7 +18,7 @@ import ray
 from conftest import plain_coherent_reward, plain_log_probs
 from openrlhf_coherent import devmode
 from openrlhf_coherent.config import ConfigError
-from openrlhf_coherent.launch import single_process_env, with_cpu_site
+from openrlhf_coherent.devmode.launch import single_process_env, with_cpu_site
 from openrlhf_coherent.scoring import plan_batches, response_log_probs
 
 TOL = 1e-4

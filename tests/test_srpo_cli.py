@@ -19,7 +19,7 @@ from openrlhf_coherent.config import ConfigError
 from openrlhf_coherent.srpo.dataset import SRPODataset, read_pair, six_texts
 from openrlhf_coherent.srpo.loss import SEQUENCES
 from openrlhf_coherent.srpo.templates import TEMPLATE_DIR, Template, TextFormat, load_template
-from openrlhf_coherent.tiny_models import build_tokenizer
+from openrlhf_coherent.devmode.tiny_models import build_tokenizer
 
 PAIRS = [
     {"prompt": "what is the color of the sun ?", "chosen": "the sun is yellow .", "rejected": "the sun is blue ."},

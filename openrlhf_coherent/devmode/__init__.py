@@ -75,7 +75,7 @@ import uuid
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, TypedDict
 
-from openrlhf_coherent.startup import imports_without_gc
+from openrlhf_coherent.devmode.startup import imports_without_gc
 
 logger = logging.getLogger(__name__)
 
@@ -711,7 +711,7 @@ def _patch_rollout_engine() -> None:
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
     from openrlhf.trainer.ray import vllm_engine
 
-    from openrlhf_coherent.cpu_rollout import CpuRolloutActor, deterministic_dispatch, dispatch_ordered
+    from openrlhf_coherent.devmode.cpu_rollout import CpuRolloutActor, deterministic_dispatch, dispatch_ordered
 
     vllm_engine.RolloutRayActor = CpuRolloutActor
     if not hasattr(SamplesGenerator._dispatch_prompts_to_vllm, "__wrapped__"):
