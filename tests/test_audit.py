@@ -119,7 +119,7 @@ def test_audit_verdict_on_a_constructed_case(constructed, capsys):
 
 
 def test_perturbation_kinds_on_text():
-    from openrlhf_coherent.evaluator import perturbations as P
+    from openrlhf_coherent.data_tools import perturbations as P
     from openrlhf_coherent.devmode.tiny_models import build_tokenizer
 
     tok = build_tokenizer()
@@ -195,7 +195,7 @@ def test_demo_wrong_answers_as_a_user_perturbation_file():
     from demo.evaluate import MAX_NEW_TOKENS
     from demo.reward_check import KINDS, wrong_responses
     from demo.world import ideal_response, make_world
-    from openrlhf_coherent.evaluator import perturbations as P
+    from openrlhf_coherent.data_tools import perturbations as P
     from openrlhf_coherent.devmode.tiny_models import build_tokenizer
 
     kinds = P.load_user_perturbations(os.path.join(os.path.dirname(os.path.dirname(__file__)), "demo", "audit_perturbations.py"))

@@ -155,7 +155,7 @@ def test_train_srpo_two_steps_reference_once(trained):
 
 
 def test_revise_two_revisions_pick_by_coherent(tiny_models, files, tmp_path, monkeypatch, one_thread):
-    import openrlhf_coherent.evaluator.sampling as sampling
+    import openrlhf_coherent.data_tools.sampling as sampling
 
     base, sft = tiny_models
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in PAIRS[:2]])

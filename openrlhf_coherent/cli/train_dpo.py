@@ -96,7 +96,7 @@ def check_output_dir(args) -> None:
 def check_preference_data(args) -> None:
     """Every local JSONL preference file, row by row, before the two models load: a malformed line,
     a missing key or a value that is neither text nor chat messages fails naming file and line."""
-    from openrlhf_coherent.evaluator.rows import BadRow, check_messages, read_jsonl
+    from openrlhf_coherent.data_tools.rows import BadRow, check_messages, read_jsonl
 
     data = args.data
     keys = [k for k in (data.prompt_key, data.chosen_key, data.rejected_key) if k]

@@ -251,7 +251,7 @@ def worker_setup() -> None:
 
 
 def plain_worker_setup() -> None:
-    """`worker_process_setup_hook` of the evaluator tools' workers (`evaluator.actor.PairScorer`):
+    """`worker_process_setup_hook` of the evaluator tools' workers (`data_tools.actor.PairScorer`):
     they load models with plain transformers and take their device from torch, so they need only
     the import stand-ins, on CPU as on CUDA. The CPU shims of `worker_setup` import OpenRLHF's
     trainer and DeepSpeed, which these workers never use: with them a worker took 11.1 CPU-seconds
