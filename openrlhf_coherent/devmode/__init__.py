@@ -390,7 +390,7 @@ def ray_init_settings(
     device, reason, joining = job_device(address, temp_dir, num_gpus)
     env_vars = {key: os.environ.get(key, default) for key, default in _OPENRLHF_ENV_DEFAULTS.items()}
     env_vars[DEVICE_ENV] = device
-    from .remote_code import TRUST_ENV  # the user's remote-code choice (config.validate): workers of a joined cluster do not inherit it
+    from ..remote_code import TRUST_ENV  # the user's remote-code choice (config.validate): workers of a joined cluster do not inherit it
 
     if TRUST_ENV in os.environ:
         env_vars[TRUST_ENV] = os.environ[TRUST_ENV]
