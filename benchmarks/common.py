@@ -100,7 +100,7 @@ BENCH_WORDS = [f"w{i}" for i in range(2000)]
 def make_bench_models(root: str, hidden: int, layers: int, intermediate: int, heads: int) -> Dict[str, str]:
     """A random Llama as "base" and another seed as "SFT", same architecture and tokenizer
     (timings do not depend on what the weights learned)."""
-    from openrlhf_coherent.tiny_models import make_tiny_llama
+    from openrlhf_coherent.devmode.tiny_models import make_tiny_llama
 
     size = dict(hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=intermediate)
     paths = {}

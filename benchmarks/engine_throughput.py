@@ -86,7 +86,7 @@ def main(argv=None) -> Dict:
     from openrlhf_coherent import devmode
 
     devmode.install_import_stand_ins()  # the engine module imports OpenRLHF's vLLM engine module
-    from openrlhf_coherent.cpu_rollout import CpuRolloutEngine
+    from openrlhf_coherent.devmode.cpu_rollout import CpuRolloutEngine
 
     info = machine()
     start_load = loadavg()

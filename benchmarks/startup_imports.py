@@ -1,6 +1,6 @@
 """What a CPU dev-mode process spends before it does any work: the imports of a Ray role worker
 (`devmode.settle("cpu")`: torch, transformers, DeepSpeed, OpenRLHF's trainer), with the garbage
-collector paused for them (`openrlhf_coherent.startup.imports_without_gc`, what every run does)
+collector paused for them (`openrlhf_coherent.devmode.startup.imports_without_gc`, what every run does)
 and without (the pause replaced by a no-op).
 
     python -m benchmarks.startup_imports             # about 2 min on 2 CPU cores

@@ -1,6 +1,6 @@
 """Stage 0: "pretrain" the demo's base model from scratch on the world's prose corpus.
 
-A word-level tokenizer (`openrlhf_coherent.tiny_models.build_tokenizer`: chat template
+A word-level tokenizer (`openrlhf_coherent.devmode.tiny_models.build_tokenizer`: chat template
 "user : {content} assistant :", EOS `</s>`, no BOS) over `demo.world.vocabulary()`, and a small
 Llama-style causal LM trained with plain torch (AdamW, cosine schedule) on `world.corpus`, one
 document per row, each ending in EOS. Saved in the Hugging Face layout (config.json,
@@ -44,7 +44,7 @@ class PretrainConfig:
 
 def build_demo_tokenizer():
     """The word-level tokenizer over the world's closed vocabulary."""
-    from openrlhf_coherent.tiny_models import build_tokenizer
+    from openrlhf_coherent.devmode.tiny_models import build_tokenizer
 
     from demo.world import vocabulary
 

@@ -2,7 +2,7 @@
 
 Runs the stock `python -m openrlhf.cli.train_sft` in a subprocess (its `SFTDataset` with
 `--data.apply_chat_template`, input/output JSONL from `demo.world.write_sft_jsonl`, DeepSpeed
-ZeRO, bf16). On a machine without CUDA the subprocess gets `openrlhf_coherent/cpu_site` on its
+ZeRO, bf16). On a machine without CUDA the subprocess gets `openrlhf_coherent/devmode/cpu_site` on its
 PYTHONPATH, whose `sitecustomize.py` applies `openrlhf_coherent.devmode` (import stand-ins for vLLM /
 flash-attn, torch.cuda no-ops, torch AdamW instead of DeepSpeed's JIT-built CPU Adam), and
 `--ds.attn_implementation eager`. Nothing else is patched for train_sft.
@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from openrlhf_coherent.launch import single_process_env, with_cpu_site
+from openrlhf_coherent.devmode.launch import single_process_env, with_cpu_site
 
 @dataclass
 class SFTConfig:

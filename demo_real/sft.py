@@ -1,7 +1,7 @@
 """Stage 1 of the real-model demo: OpenRLHF's own `openrlhf.cli.train_sft`, in fp32 on a CPU.
 
 The command is the main demo's (`demo.sft.sft_command`: `--data.apply_chat_template`, DeepSpeed
-ZeRO-2, the CPU dev mode through `openrlhf_coherent/cpu_site`), with one difference: fp32 instead
+ZeRO-2, the CPU dev mode through `openrlhf_coherent/devmode/cpu_site`), with one difference: fp32 instead
 of bf16. Stock train_sft accepts only `--ds.param_dtype bf16|fp16`; on a CPU without native bf16
 (this demo's 2-core AMD EPYC has no avx512_bf16) a bf16 step of SmolLM2-135M on 4 demonstrations
 took about 90 CPU s, some 20 times the fp32 cost. So this runs `python -m demo_real.sft`, which
@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict
 from typing import Optional
 
-from openrlhf_coherent.launch import single_process_env, with_cpu_site
+from openrlhf_coherent.devmode.launch import single_process_env, with_cpu_site
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -76,7 +76,7 @@ def tiny_models(tmp_path_factory, request):
     others wait for it (tests only read these folders)."""
     from filelock import FileLock
 
-    from openrlhf_coherent.tiny_models import finetune_copy, make_tiny_llama
+    from openrlhf_coherent.devmode.tiny_models import finetune_copy, make_tiny_llama
 
     if hasattr(request.config, "workerinput"):
         # An xdist worker: getbasetemp() is this worker's folder, its parent belongs to this run.

@@ -35,7 +35,7 @@ def constructed(tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from openrlhf_coherent.tiny_models import finetune_copy, make_tiny_llama
+    from openrlhf_coherent.devmode.tiny_models import finetune_copy, make_tiny_llama
 
     root = tmp_path_factory.mktemp("audit")
     rows = [{"prompt": f"say {w}", "response": " ".join([w] * 3)} for w in WORDS]
@@ -119,8 +119,8 @@ def test_audit_verdict_on_a_constructed_case(constructed, capsys):
 
 
 def test_perturbation_kinds_on_text():
-    from openrlhf_coherent.evaluator import perturbations as P
-    from openrlhf_coherent.tiny_models import build_tokenizer
+    from openrlhf_coherent.data_tools import perturbations as P
+    from openrlhf_coherent.devmode.tiny_models import build_tokenizer
 
     tok = build_tokenizer()
     ref = P.Reference(1, {}, "the sun is red . the cat is big . the dog is small .", tok, ["hello !", "the sun is red . the cat is big . the dog is small ."])
@@ -195,8 +195,8 @@ def test_demo_wrong_answers_as_a_user_perturbation_file():
     from demo.evaluate import MAX_NEW_TOKENS
     from demo.reward_check import KINDS, wrong_responses
     from demo.world import ideal_response, make_world
-    from openrlhf_coherent.evaluator import perturbations as P
-    from openrlhf_coherent.tiny_models import build_tokenizer
+    from openrlhf_coherent.data_tools import perturbations as P
+    from openrlhf_coherent.devmode.tiny_models import build_tokenizer
 
     kinds = P.load_user_perturbations(os.path.join(os.path.dirname(os.path.dirname(__file__)), "demo", "audit_perturbations.py"))
     assert list(kinds) == list(KINDS)

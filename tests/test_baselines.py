@@ -77,7 +77,7 @@ def run_recipe(*sets, timeout=600):
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
-    from openrlhf_coherent.tiny_models import write_demonstrations
+    from openrlhf_coherent.devmode.tiny_models import write_demonstrations
 
     root = tmp_path_factory.mktemp("baselines")
     write_demonstrations(str(root / "demos.jsonl"))

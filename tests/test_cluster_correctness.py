@@ -116,7 +116,7 @@ class Probe:
                 "set_device_patched": torch.cuda.set_device.__module__ != "torch.cuda"}
 
 from openrlhf.trainer.ray import vllm_engine
-from openrlhf_coherent.cpu_rollout import CpuRolloutActor
+from openrlhf_coherent.devmode.cpu_rollout import CpuRolloutActor
 print("RESULT", json.dumps({
     "kwargs": sorted(kwargs), "env": kwargs["runtime_env"]["env_vars"][devmode.DEVICE_ENV],
     "nccl": kwargs["runtime_env"]["env_vars"]["NCCL_DEBUG"],

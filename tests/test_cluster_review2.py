@@ -240,7 +240,7 @@ def test_zero3_coherent_group_with_an_odd_micro_batch_count(tmp_path):
     from openrlhf_coherent import devmode
     from openrlhf_coherent.actor import CoherentRewardActor
     from openrlhf_coherent.experience import padded_for_coherent_group
-    from openrlhf_coherent.tiny_models import make_tiny_llama
+    from openrlhf_coherent.devmode.tiny_models import make_tiny_llama
     from test_actor import PAIRS, openrlhf_batch
 
     base = make_tiny_llama(str(tmp_path / "wide"), hidden_size=384, num_heads=6, intermediate_size=768)

@@ -92,7 +92,7 @@ def test_base_model_that_is_not_a_causal_lm(tiny_models, tmp_path, capsys):
 
 
 def test_tokenizers_with_different_vocabularies(tiny_models, tmp_path, capsys):
-    from openrlhf_coherent.tiny_models import make_tiny_llama
+    from openrlhf_coherent.devmode.tiny_models import make_tiny_llama
 
     _, sft = tiny_models
     other = make_tiny_llama(str(tmp_path / "other"), words=["completely", "different", "words"])

@@ -1,4 +1,4 @@
-"""The batched CPU rollout engine (openrlhf_coherent/cpu_rollout.py) keeps the one-request engine's
+"""The batched CPU rollout engine (openrlhf_coherent/devmode/cpu_rollout.py) keeps the one-request engine's
 semantics: greedy equals unbatched greedy token for token, EOS kept with "stop" ("length"
 otherwise) per request, log-probs of the processed distribution, seeds that reproduce, and an
 event loop that keeps running while a batch generates. Requests go in the way OpenRLHF's executor
@@ -25,13 +25,13 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    from openrlhf_coherent.tiny_models import make_tiny_llama
+    from openrlhf_coherent.devmode.tiny_models import make_tiny_llama
 
     return make_tiny_llama(str(tmp_path_factory.mktemp("engine") / "llama"), seed=3)
 
 
 def make_engine(path, seed=0):
-    from openrlhf_coherent.cpu_rollout import CpuRolloutEngine
+    from openrlhf_coherent.devmode.cpu_rollout import CpuRolloutEngine
 
     return CpuRolloutEngine(path, seed=seed)
 
@@ -193,7 +193,7 @@ def test_a_dispatch_is_one_batch_whatever_the_arrival_timing(engine, monkeypatch
     """Inside the driver's dispatch bracket the batch is exactly the announced requests, however
     late some arrive (here after 10x the settle window), and the rows' order in it does not depend
     on the arrival order: the same outputs either way."""
-    from openrlhf_coherent import cpu_rollout
+    from openrlhf_coherent.devmode import cpu_rollout
 
     calls = count_generate_calls(engine, monkeypatch)
     sp = params(temperature=1.0, max_tokens=6, min_tokens=0)

@@ -1,4 +1,4 @@
-"""Tests for the CPU development mode (openrlhf_coherent/devmode.py, cpu_rollout.py).
+"""Tests for the CPU development mode (openrlhf_coherent/devmode/__init__.py, cpu_rollout.py).
 
 Unit tests check the import stand-ins, the bert_padding helpers, `apply()`'s idempotence and the
 CPU rollout engine; one integration test runs stock OpenRLHF PPO (GAE + critic, reward model,
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from openrlhf_coherent import devmode
-from openrlhf_coherent.tiny_models import make_tiny_llama
+from openrlhf_coherent.devmode.tiny_models import make_tiny_llama
 
 
 
@@ -115,11 +115,11 @@ def test_apply_is_idempotent_and_logs_once():
         devmode.apply()
         if devmode.cpu_mode():
             from openrlhf.trainer.ray import vllm_engine
-            from openrlhf_coherent.cpu_rollout import CpuRolloutActor
+            from openrlhf_coherent.devmode.cpu_rollout import CpuRolloutActor
             assert vllm_engine.RolloutRayActor is CpuRolloutActor
             assert torch.zeros(1).to(torch.cuda.current_device()).device.type == "cpu"
             torch.cuda.synchronize(); torch.cuda.empty_cache(); torch.cuda.set_device(0)
-            # The shims' imports ran with the collector paused (openrlhf_coherent.startup): it runs again.
+            # The shims' imports ran with the collector paused (openrlhf_coherent.devmode.startup): it runs again.
             import gc
             assert gc.isenabled() and gc.get_freeze_count() == 0
         """
@@ -131,7 +131,7 @@ def test_apply_is_idempotent_and_logs_once():
 def test_imports_without_gc_pauses_the_collector_and_restores_its_state():
     import gc
 
-    from openrlhf_coherent.startup import imports_without_gc
+    from openrlhf_coherent.devmode.startup import imports_without_gc
 
     try:
         with imports_without_gc():
@@ -183,7 +183,7 @@ def test_ray_init_settings(monkeypatch):
 @pytest.fixture(scope="module")
 def engine(tiny_model):
     devmode.install_import_stand_ins()
-    from openrlhf_coherent.cpu_rollout import CpuRolloutEngine
+    from openrlhf_coherent.devmode.cpu_rollout import CpuRolloutEngine
 
     return CpuRolloutEngine(tiny_model, seed=0)
 

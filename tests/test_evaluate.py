@@ -16,8 +16,8 @@ import torch
 
 from conftest import plain_log_probs
 from openrlhf_coherent.config import ConfigError
-from openrlhf_coherent.evaluation.table import paper_summary, result_rows, to_markdown
-from openrlhf_coherent.evaluation.tasks import PAPER_TASKS, TaskSpec, check_tasks, group_by_fewshot, parse_task_specs
+from openrlhf_coherent.lm_eval_tasks.table import paper_summary, result_rows, to_markdown
+from openrlhf_coherent.lm_eval_tasks.tasks import PAPER_TASKS, TaskSpec, check_tasks, group_by_fewshot, parse_task_specs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS_DIR = os.path.join(REPO, "tests", "data", "lm_eval_tasks")

@@ -18,7 +18,7 @@ import ray
 from conftest import plain_coherent_reward, plain_log_probs
 from openrlhf_coherent import devmode
 from openrlhf_coherent.config import ConfigError
-from openrlhf_coherent.launch import single_process_env, with_cpu_site
+from openrlhf_coherent.devmode.launch import single_process_env, with_cpu_site
 from openrlhf_coherent.scoring import plan_batches, response_log_probs
 
 TOL = 1e-4
@@ -154,7 +154,7 @@ def test_scoring_workers_skip_the_openrlhf_shims(ray_cluster):
     def imported():
         import sys
 
-        import openrlhf_coherent.evaluator.actor  # noqa: F401 (what a PairScorer worker imports)
+        import openrlhf_coherent.data_tools.actor  # noqa: F401 (what a PairScorer worker imports)
 
         return {name: name in sys.modules for name in ("deepspeed", "openrlhf.trainer")}
 
@@ -222,8 +222,8 @@ def test_filter_cross_fitting_scores_each_fold_with_its_own_model(ray_cluster, t
 
 
 def test_fold_key_assignment_and_bad_fold_values():
-    from openrlhf_coherent.evaluator.responses import fold_assigner
-    from openrlhf_coherent.evaluator.rows import BadRow, Job
+    from openrlhf_coherent.data_tools.responses import fold_assigner
+    from openrlhf_coherent.data_tools.rows import BadRow, Job
 
     assert fold_assigner(None, 3)(Job(line=7, row={})) == 1
     assert fold_assigner("fold", 3)(Job(line=7, row={"fold": 2})) == 2
@@ -335,7 +335,7 @@ def score_argv(tiny_models, data, out, *extra):
 def test_bad_row_fails_with_its_line_number_and_keeps_earlier_output(reason, tiny_models, tmp_path):
     data = write_jsonl(tmp_path / "in.jsonl", [GOOD, GOOD, BAD_ROWS[reason], GOOD])
     out = tmp_path / "out.jsonl"
-    from openrlhf_coherent.evaluator.pipeline import ScoringRound, scored_by
+    from openrlhf_coherent.data_tools.pipeline import ScoringRound, scored_by
 
     base, sft = tiny_models
     earlier = {"line": 1, "coherent_reward": 1.0, "sft_logp": -1.0, "base_logp": -2.0, "scored_by": scored_by(ScoringRound(sft, base))}

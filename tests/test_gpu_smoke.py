@@ -21,7 +21,7 @@ def real_shaped_llama(path, vocab=32000, hidden=1024, layers=8):
     """A random Llama with real proportions (GQA, rope, a 32k vocabulary), saved with a tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from openrlhf_coherent.tiny_models import make_tiny_llama
+    from openrlhf_coherent.devmode.tiny_models import make_tiny_llama
 
     make_tiny_llama(path)  # tokenizer and files; the weights are replaced below
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 7 // 2, num_hidden_layers=layers,
@@ -85,7 +85,7 @@ def test_coherent_actor_scoring_in_bf16_against_fp32(tmp_path):
 
 def distributed_env(monkeypatch):
     """One rank, for DeepSpeed's `init_distributed` outside a launcher (kept if a launcher set them)."""
-    from openrlhf_coherent.launch import single_process_env
+    from openrlhf_coherent.devmode.launch import single_process_env
 
     for name, value in single_process_env().items():
         if name not in os.environ:
@@ -129,7 +129,7 @@ def vllm_tiny_models(root):
     four of 16): vLLM's attention backends refuse some small head sizes (FlashInfer takes 64, 128,
     256; older FlashAttention builds 32, 64, ...); 64 is accepted by every one of them."""
     from conftest import SFT_TEXTS
-    from openrlhf_coherent.tiny_models import finetune_copy, make_tiny_llama
+    from openrlhf_coherent.devmode.tiny_models import finetune_copy, make_tiny_llama
 
     base, sft = os.path.join(root, "base"), os.path.join(root, "sft")
     make_tiny_llama(base, seed=0, num_heads=1)

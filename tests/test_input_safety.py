@@ -19,8 +19,8 @@ import torch
 from openrlhf_coherent.cli import bootstrap_pairs, evaluate, filter as filter_cli, revise, score, select_pairs, sera, spin_pairs
 from openrlhf_coherent.cli.train_ppo_ray import main as ppo_main, parse_args
 from openrlhf_coherent.config import ConfigError, check_causal_lm
-from openrlhf_coherent.evaluator.pipeline import ScoringRound, scored_by
-from openrlhf_coherent.evaluator.rows import TextFormat, load_jobs, row_to_job
+from openrlhf_coherent.data_tools.pipeline import ScoringRound, scored_by
+from openrlhf_coherent.data_tools.rows import TextFormat, load_jobs, row_to_job
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -301,7 +301,7 @@ def test_score_reports_nan_rows_by_line_and_writes_strict_json(nan_model, tiny_m
 
 
 def test_strict_json_everywhere(tmp_path):
-    from openrlhf_coherent.evaluator.output import read_rows, write_rows
+    from openrlhf_coherent.data_tools.output import read_rows, write_rows
 
     with pytest.raises(ValueError):
         write_rows(str(tmp_path / "o.jsonl"), [{"line": 1, "x": float("nan")}])

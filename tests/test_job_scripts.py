@@ -162,7 +162,7 @@ def test_slurm_script_tiny_cpu_run_through_ray_job_submit(tmp_path):
     """The real thing, on CPU: one-node 'allocation', Ray head with 5 fake GPUs, job submitted with
     submit_job.py by srppo_multi_node.sh, SFT + 2 PPO steps; then Ray is gone again."""
     root = tmp_path / "tiny"
-    subprocess.run([sys.executable, "-m", "openrlhf_coherent.tiny_models", str(root)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "openrlhf_coherent.devmode.tiny_models", str(root)], check=True, capture_output=True)
     # Ray's unix sockets live under the temp dir: keep its path short (AF_UNIX limit ~107 bytes).
     ray_tmp = tempfile.mkdtemp(prefix="rjs", dir="/tmp")
     ray_port, dash_port, *extra = free_ports(7)

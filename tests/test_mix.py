@@ -137,7 +137,7 @@ def check_exact_mix(out_dir, sft, weight, rule_weight):
 def test_gae_through_the_patched_stock_cli_trains_on_the_exact_weighted_mix(tmp_path, tiny_models, prompt_file):
     """Stock `openrlhf.cli.train_ppo_ray` with patches/ applied (the plugin's validation takes the URL
     before OpenRLHF decides whether to build a reward group), GAE with a critic."""
-    from openrlhf_coherent.launch import with_cpu_site
+    from openrlhf_coherent.devmode.launch import with_cpu_site
 
     base, sft = tiny_models
     site = patched_openrlhf_site(tmp_path)

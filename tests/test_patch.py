@@ -9,7 +9,7 @@ import sys
 import openrlhf
 import pytest
 
-from openrlhf_coherent.launch import with_cpu_site
+from openrlhf_coherent.devmode.launch import with_cpu_site
 from srppo_helpers import check_rewards_match_independent_computation, metric, step_logs, tiny_srppo_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -146,7 +146,7 @@ def test_row_prompt_ids_equal_openrlhf_ppo_prompt_ids(smollm2):
     from openrlhf.utils.agent import SingleTurnAgentExecutor
     from transformers import AutoTokenizer
 
-    from openrlhf_coherent.evaluator.rows import TextFormat, row_to_job
+    from openrlhf_coherent.data_tools.rows import TextFormat, row_to_job
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     data = SimpleNamespace(input_key="prompt", label_key=None, apply_chat_template=True)

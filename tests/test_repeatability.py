@@ -3,7 +3,7 @@
 Two identical tiny SRPPO runs (a group estimator, 2 samples per prompt at temperature 1, so the
 rollout engine batches many requests per dispatch) must write identical rollout logs (every
 sample's tokens, rewards and diagnostics) and print identical per-step metrics. Before the CPU
-engine batched by dispatch (openrlhf_coherent/cpu_rollout.py), which requests shared a batch
+engine batched by dispatch (openrlhf_coherent/devmode/cpu_rollout.py), which requests shared a batch
 depended on when they arrived, which moved logits in their last bits and PPO rows between runs.
 """
 

@@ -173,7 +173,7 @@ def test_key_appears_in_no_output_file_or_log_of_a_tiny_recipe_run(tmp_path):
     whose record holds the uploaded config), and the key string is in no file under the output, wandb and Ray folders,
     nor in anything printed."""
     root = tmp_path / "tiny"
-    subprocess.run([sys.executable, "-m", "openrlhf_coherent.tiny_models", str(root)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "openrlhf_coherent.devmode.tiny_models", str(root)], check=True, capture_output=True)
     ray_tmp = tempfile.mkdtemp(prefix="rsec", dir="/tmp")  # short: Ray's unix sockets live under it
     wandb_dir = tmp_path / "wandb"
     wandb_dir.mkdir()

@@ -52,8 +52,8 @@ def sera_summary(text):
 def test_margin_selection_keeps_fewer_flipped_pairs_than_random():
     """30% of labels flipped; implicit rewards of three policies that each moved (noisily) toward the
     clean preference; eq. 7 margin, global top 0.7 N, against a random 0.7 N."""
-    from openrlhf_coherent.evaluator.actor import ensemble_reward
-    from openrlhf_coherent.evaluator.common import select
+    from openrlhf_coherent.data_tools.actor import ensemble_reward
+    from openrlhf_coherent.data_tools.common import select
 
     def keep_top_k(rows, k):  # what select-pairs --top_k k does with the scored margins
         return select(rows, "margin", argparse.Namespace(top_k=k, top_fraction=None, threshold=None))
@@ -177,7 +177,7 @@ def test_round2_selects_global_top_k_and_bootstraps_by_the_round_reward(sera_run
 
 def test_eq7_round_reward_of_three_policies(sera_run):
     """Round 3's reward (1-g) log(pi_2/pi_1) + g log(pi_1/pi_0), as the evaluator actor computes it."""
-    from openrlhf_coherent.evaluator.actor import PairScorer
+    from openrlhf_coherent.data_tools.actor import PairScorer
     from openrlhf_coherent.sera.selection import round_reward_models
 
     thetas = [sera_run.sft, sera_run.round(1, "model"), sera_run.round(2, "model")]

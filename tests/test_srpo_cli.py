@@ -19,7 +19,7 @@ from openrlhf_coherent.config import ConfigError
 from openrlhf_coherent.srpo.dataset import SRPODataset, read_pair, six_texts
 from openrlhf_coherent.srpo.loss import SEQUENCES
 from openrlhf_coherent.srpo.templates import TEMPLATE_DIR, Template, TextFormat, load_template
-from openrlhf_coherent.tiny_models import build_tokenizer
+from openrlhf_coherent.devmode.tiny_models import build_tokenizer
 
 PAIRS = [
     {"prompt": "what is the color of the sun ?", "chosen": "the sun is yellow .", "rejected": "the sun is blue ."},
@@ -155,7 +155,7 @@ def test_train_srpo_two_steps_reference_once(trained):
 
 
 def test_revise_two_revisions_pick_by_coherent(tiny_models, files, tmp_path, monkeypatch, one_thread):
-    import openrlhf_coherent.evaluator.sampling as sampling
+    import openrlhf_coherent.data_tools.sampling as sampling
 
     base, sft = tiny_models
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in PAIRS[:2]])

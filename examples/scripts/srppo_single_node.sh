@@ -10,7 +10,7 @@
 #
 # Tiny CPU variant (examples/notebooks/quickstart_cpu.ipynb runs it, and tests/test_notebooks.py
 # that notebook; no GPU: the CPU dev mode declares fake GPUs to its own local Ray):
-#   python -m openrlhf_coherent.tiny_models /tmp/tiny
+#   python -m openrlhf_coherent.devmode.tiny_models /tmp/tiny
 #   CONFIG=examples/configs/tiny_cpu.yaml SRPPO_TINY_ROOT=/tmp/tiny bash examples/scripts/srppo_single_node.sh
 #
 # Environment: CONFIG (recipe YAML), STAGES (comma list, default all), DRY_RUN=1, PYTHON

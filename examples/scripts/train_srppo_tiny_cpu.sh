@@ -4,7 +4,7 @@
 # the only SRPPO-specific flags are --reward.model_name_or_path coherent and --coherent.*.
 set -euo pipefail
 OUT=${1:-runs/tiny_srppo}
-python -m openrlhf_coherent.tiny_models "$OUT"
+python -m openrlhf_coherent.devmode.tiny_models "$OUT"
 python -m openrlhf_coherent.cli.train_ppo_ray \
   --actor.model_name_or_path "$OUT/sft" \
   --critic.model_name_or_path "$OUT/sft" \

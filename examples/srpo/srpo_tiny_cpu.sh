@@ -9,7 +9,7 @@ OUT=${1:-runs/tiny_srpo}
 run() {
   if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi
 }
-run python -m openrlhf_coherent.tiny_models "$OUT"
+run python -m openrlhf_coherent.devmode.tiny_models "$OUT"
 if [[ "${DRY_RUN:-0}" != 1 ]]; then
   cat > "$OUT/prefs.jsonl" <<'JSONL'
 {"prompt": "what is the color of the sun ?", "chosen": "the sun is yellow .", "rejected": "the sun is blue ."}

@@ -4,7 +4,7 @@
         --input demonstrations.jsonl --prompt_key prompt --response_key response \\
         --apply_chat_template --output audit_out/
 
-Each reference response of --input is perturbed in task-agnostic ways (evaluator/perturbations.py:
+Each reference response of --input is perturbed in task-agnostic ways (data_tools/perturbations.py:
 truncated at 50%/75% of its tokens, last sentence/line/list item dropped, last sentence repeated 1, 3
 or 8 times, filler appended, continued past its end by sampling from the SFT model, sentences
 shuffled, another prompt's reference swapped in, empty) and by the user's own kinds
@@ -35,9 +35,9 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from openrlhf_coherent.config import ConfigError, check_number
-from openrlhf_coherent.evaluator import perturbations as P
-from openrlhf_coherent.evaluator.common import add_common_args, check_args, check_model_pair, report_bad_rows, run_cli, text_format
-from openrlhf_coherent.evaluator.rows import BadRow, Job, _field, bad_row_handler, load_jobs, tokenize_pair
+from openrlhf_coherent.data_tools import perturbations as P
+from openrlhf_coherent.data_tools.common import add_common_args, check_args, check_model_pair, report_bad_rows, run_cli, text_format
+from openrlhf_coherent.data_tools.rows import BadRow, Job, _field, bad_row_handler, load_jobs, tokenize_pair
 from openrlhf_coherent.files import check_outputs, dumps, model_identity
 
 REFERENCE = "reference"
@@ -379,7 +379,7 @@ def run(args) -> dict:
 
     from transformers import AutoTokenizer
 
-    from openrlhf_coherent.evaluator.runner import ScorerPool, ray_session
+    from openrlhf_coherent.data_tools.runner import ScorerPool, ray_session
 
     tokenizer = AutoTokenizer.from_pretrained(args.sft_model, trust_remote_code=args.trust_remote_code)
     jobs, names, bad = build_jobs(args, tokenizer, fmt, kinds)

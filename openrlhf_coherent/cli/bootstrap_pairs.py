@@ -21,7 +21,7 @@ import argparse
 from typing import Dict, List
 
 from openrlhf_coherent.config import ConfigError
-from openrlhf_coherent.evaluator.common import (
+from openrlhf_coherent.data_tools.common import (
     add_common_args,
     add_reward_model_args,
     add_selection_args,
@@ -38,9 +38,9 @@ from openrlhf_coherent.evaluator.common import (
     select,
     text_format,
 )
-from openrlhf_coherent.evaluator.output import ScoredStream, read_rows, write_rows
-from openrlhf_coherent.evaluator.rows import BadRow, Job, bad_row_handler, load_jobs, tokenize_pair
-from openrlhf_coherent.evaluator.runner import ScorerPool, ray_session
+from openrlhf_coherent.data_tools.output import ScoredStream, read_rows, write_rows
+from openrlhf_coherent.data_tools.rows import BadRow, Job, bad_row_handler, load_jobs, tokenize_pair
+from openrlhf_coherent.data_tools.runner import ScorerPool, ray_session
 
 # Prompts sampled and scored per round: each round's pairs reach --candidates before the next
 # round starts, so an interrupted run loses at most one round of work.

@@ -4,7 +4,7 @@
         [--tasks paper | ifeval,gsm8k:5,...] [--device cuda] [--batch_size auto] [--limit N]
 
 `--tasks paper` (default) = IFEval, GSM8k 5-shot, GPQA main few-shot with and without chain of
-thought (see openrlhf_coherent/evaluation/tasks.py). Writes one table as markdown (--output) and
+thought (see openrlhf_coherent/lm_eval_tasks/tasks.py). Writes one table as markdown (--output) and
 JSON (same name, .json), with the paper's headline columns first. The model is loaded once with
 lm-eval's Hugging Face backend and shared by all tasks. AlpacaEval is a separate route (generate,
 then `alpaca_eval`): docs/evaluation.md.
@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 
 from openrlhf_coherent.config import ConfigError, check_causal_lm, exit_status
 from openrlhf_coherent.files import check_outputs
-from openrlhf_coherent.evaluation.table import paper_summary, result_rows, to_markdown
-from openrlhf_coherent.evaluation.tasks import PAPER_TASKS, check_tasks, group_by_fewshot, parse_task_specs
+from openrlhf_coherent.lm_eval_tasks.table import paper_summary, result_rows, to_markdown
+from openrlhf_coherent.lm_eval_tasks.tasks import PAPER_TASKS, check_tasks, group_by_fewshot, parse_task_specs
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import argparse
 import math
 
 from openrlhf_coherent.config import ConfigError
-from openrlhf_coherent.evaluator.common import (
+from openrlhf_coherent.data_tools.common import (
     add_common_args,
     add_selection_args,
     check_files,
@@ -27,8 +27,8 @@ from openrlhf_coherent.evaluator.common import (
     run_cli,
     select,
 )
-from openrlhf_coherent.evaluator.output import read_rows, write_rows
-from openrlhf_coherent.evaluator.responses import add_response_args, fold_assigner, score_responses, sft_model_list
+from openrlhf_coherent.data_tools.output import read_rows, write_rows
+from openrlhf_coherent.data_tools.responses import add_response_args, fold_assigner, score_responses, sft_model_list
 
 
 def parser() -> argparse.ArgumentParser:

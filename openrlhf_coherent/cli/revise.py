@@ -13,7 +13,7 @@ input row plus `line`, `revisions` (the texts y_0..y_N) and `revision_tokens`; w
 `--pick_by coherent`, also `coherent_rewards` (log p_SFT(y_n|x) - log p_base(y_n|x) of each
 revision as an answer to x, `--pick_aggregate` sum or mean), `best_revision` (its index) and
 `best`. Sampling: vLLM when it and CUDA are available (UNVERIFIED here), else HF `generate`
-(evaluator/sampling.py); revision n of the prompt on input line L uses seed
+(data_tools/sampling.py); revision n of the prompt on input line L uses seed
 `--seed + L * (N + 1) + n`, so a row's revisions do not depend on the other rows.
 Input rows are checked (missing/empty prompt, with line number) before any model loads.
 """
@@ -27,8 +27,8 @@ import sys
 from typing import List, Optional, Sequence
 
 from openrlhf_coherent.config import ConfigError, check_causal_lm, exit_status
-from openrlhf_coherent.evaluator.output import write_rows
-from openrlhf_coherent.evaluator.rows import BadRow, check_messages, read_jsonl, tokenize_pair
+from openrlhf_coherent.data_tools.output import write_rows
+from openrlhf_coherent.data_tools.rows import BadRow, check_messages, read_jsonl, tokenize_pair
 from openrlhf_coherent.files import non_finite
 from openrlhf_coherent.srpo.templates import TEMPLATE_DIR, TextFormat, load_template
 
@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> TextFormat:
-    from openrlhf_coherent.evaluator.common import check_files, check_sampling
+    from openrlhf_coherent.data_tools.common import check_files, check_sampling
 
     if args.num_revisions < 0:
         raise ConfigError(f"--num_revisions must be >= 0, got {args.num_revisions}")
@@ -77,7 +77,7 @@ def check_args(args) -> TextFormat:
         input_template = load_template(args.generation_template, "--generation_template", revision=False).as_input_template()
     check_causal_lm(args.model, "--model", args.trust_remote_code)
     if args.pick_by == "coherent":
-        from openrlhf_coherent.evaluator.common import check_model_pair
+        from openrlhf_coherent.data_tools.common import check_model_pair
 
         for flag in ("--sft_model", "--base_model"):
             if not getattr(args, flag[2:]):
@@ -112,14 +112,14 @@ def read_prompts(args, fmt: TextFormat) -> List[dict]:
 
 def make_sampler(args):
     """f(prompt_ids, seed) -> response token ids (EOS included when generated)."""
-    from openrlhf_coherent.evaluator.sampling import VllmSampler, hf_sample, real_vllm_available
+    from openrlhf_coherent.data_tools.sampling import VllmSampler, hf_sample, real_vllm_available
 
     kwargs = dict(n=1, rounds=1, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     if real_vllm_available():
         draw = VllmSampler(args.model, trust_remote_code=args.trust_remote_code,
                            gpu_memory_utilization=args.vllm_gpu_memory_utilization, max_model_len=args.max_len).sample
     else:
-        from openrlhf_coherent.evaluator.actor import load_model
+        from openrlhf_coherent.data_tools.actor import load_model
 
         model = load_model(args.model, args.trust_remote_code)
 
@@ -152,7 +152,7 @@ def pick_by_coherent(args, fmt: TextFormat, rows: List[dict]) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from openrlhf_coherent.evaluator.actor import load_model
+    from openrlhf_coherent.data_tools.actor import load_model
     from openrlhf_coherent.scoring import response_log_probs
 
     tokenizer = AutoTokenizer.from_pretrained(args.sft_model, trust_remote_code=args.trust_remote_code)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from openrlhf_coherent.evaluator.common import add_common_args, check_files, print_summary, run_cli
-from openrlhf_coherent.evaluator.responses import add_response_args, score_responses
+from openrlhf_coherent.data_tools.common import add_common_args, check_files, print_summary, run_cli
+from openrlhf_coherent.data_tools.responses import add_response_args, score_responses
 
 
 def parser() -> argparse.ArgumentParser:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from openrlhf_coherent.evaluator.common import (
+from openrlhf_coherent.data_tools.common import (
     add_common_args,
     add_reward_model_args,
     add_selection_args,
@@ -34,9 +34,9 @@ from openrlhf_coherent.evaluator.common import (
     select,
     text_format,
 )
-from openrlhf_coherent.evaluator.output import read_rows, write_rows
-from openrlhf_coherent.evaluator.pipeline import ScoringRound, score_file
-from openrlhf_coherent.evaluator.rows import row_to_job
+from openrlhf_coherent.data_tools.output import read_rows, write_rows
+from openrlhf_coherent.data_tools.pipeline import ScoringRound, score_file
+from openrlhf_coherent.data_tools.rows import row_to_job
 
 
 def parser() -> argparse.ArgumentParser:

@@ -154,7 +154,7 @@ def load_pairs(args) -> List[dict]:
     a malformed line, a missing key or an empty prompt/response fails here with its line number."""
     from transformers import AutoTokenizer
 
-    from openrlhf_coherent.evaluator.rows import TextFormat, load_jobs, row_to_job
+    from openrlhf_coherent.data_tools.rows import TextFormat, load_jobs, row_to_job
 
     tokenizer = AutoTokenizer.from_pretrained(args.sft_model, trust_remote_code=args.trust_remote_code)
     fmt = TextFormat(args.prompt_key, args.apply_chat_template, args.input_template)

@@ -27,10 +27,10 @@ from typing import Dict, List
 
 from openrlhf_coherent.cli.bootstrap_pairs import dpo_row, response_text
 from openrlhf_coherent.config import ConfigError, check_causal_lm
-from openrlhf_coherent.evaluator.common import check_files, check_sampling, print_summary, report_bad_rows, run_cli
-from openrlhf_coherent.evaluator.output import ScoredStream, read_rows, write_rows
-from openrlhf_coherent.evaluator.rows import ON_BAD_ROW, BadRow, Job, TextFormat, load_jobs
-from openrlhf_coherent.evaluator.runner import ScorerPool, ray_session
+from openrlhf_coherent.data_tools.common import check_files, check_sampling, print_summary, report_bad_rows, run_cli
+from openrlhf_coherent.data_tools.output import ScoredStream, read_rows, write_rows
+from openrlhf_coherent.data_tools.rows import ON_BAD_ROW, BadRow, Job, TextFormat, load_jobs
+from openrlhf_coherent.data_tools.runner import ScorerPool, ray_session
 
 PROMPTS_PER_ROUND = 256  # each round's samples reach --samples before the next round starts
 PROMPTS_PER_SAMPLE_CALL = 8

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 from openrlhf_coherent.recipe import resume
 from openrlhf_coherent.recipe.config import RecipeConfig, RecipeConfigError, load_config
-from openrlhf_coherent.launch import single_process_env, with_cpu_site
+from openrlhf_coherent.devmode.launch import single_process_env, with_cpu_site
 from openrlhf_coherent.redact import mask_argv, mask_text, mask_tree
 from openrlhf_coherent.recipe.stages import Stage, build_stages, cuda_available, is_local, select_stages
 

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 from openrlhf_coherent import devmode
 from openrlhf_coherent.cli.runpy_hooks import replaced
-from openrlhf_coherent.launch import make_single_process
+from openrlhf_coherent.devmode.launch import make_single_process
 from openrlhf_coherent.config import ConfigError, exit_status
 from openrlhf_coherent.redact import check_wandb_key
 from openrlhf_coherent.losses import LOSSES, make_loss
@@ -125,7 +125,7 @@ def check_dpo_args(args, trust_remote_code: bool, check_data: bool = True) -> No
 def check_preference_data(args) -> None:
     """Every local JSONL preference file, row by row, before the two models load: a malformed line,
     a missing key or a value that is neither text nor chat messages fails naming file and line."""
-    from openrlhf_coherent.evaluator.rows import BadRow, check_messages, read_jsonl
+    from openrlhf_coherent.data_tools.rows import BadRow, check_messages, read_jsonl
 
     data = args.data
     keys = [k for k in (data.prompt_key, data.chosen_key, data.rejected_key) if k]

@@ -30,14 +30,14 @@ from typing import Iterator, Optional, Sequence
 from openrlhf_coherent.cli.runpy_hooks import replaced
 from openrlhf_coherent import config, devmode
 from openrlhf_coherent.plugin import CoherentRewardPlugin
-from openrlhf_coherent.startup import imports_without_gc
+from openrlhf_coherent.devmode.startup import imports_without_gc
 
 OPENRLHF_CLI = "openrlhf.cli.train_ppo_ray"
 
 
 @contextlib.contextmanager
 def plugin_installed(plugin: CoherentRewardPlugin, coherent: bool) -> Iterator[None]:
-    with imports_without_gc():  # most of the driver's start-up (openrlhf_coherent.startup)
+    with imports_without_gc():  # most of the driver's start-up (openrlhf_coherent.devmode.startup)
         import ray
 
         import openrlhf.trainer.ppo_trainer as ppo_trainer

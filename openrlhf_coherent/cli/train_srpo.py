@@ -31,7 +31,7 @@ from typing import Iterator, Optional, Sequence
 
 from openrlhf_coherent.cli.runpy_hooks import replaced
 from openrlhf_coherent import config, devmode
-from openrlhf_coherent.launch import make_single_process
+from openrlhf_coherent.devmode.launch import make_single_process
 from openrlhf_coherent.config import ConfigError, exit_status
 from openrlhf_coherent.redact import check_wandb_key
 

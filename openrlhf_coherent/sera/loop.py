@@ -24,7 +24,7 @@ import subprocess
 import time
 from typing import Dict, List, Sequence
 
-from openrlhf_coherent.evaluator.output import read_rows, write_rows
+from openrlhf_coherent.data_tools.output import read_rows, write_rows
 from openrlhf_coherent.redact import mask_argv
 
 from .rounds import Round, first_unfinished, invalidate_after, policies
@@ -89,7 +89,7 @@ def _lines_done(path: str) -> int:
 def round_dataset(args, r: Round, thetas: Sequence[str], n: int):
     """D_t for t >= 2: select-pairs and bootstrap-pairs with the round reward, then merged."""
     from openrlhf_coherent.cli import bootstrap_pairs, select_pairs
-    from openrlhf_coherent.evaluator.runner import ray_session
+    from openrlhf_coherent.data_tools.runner import ray_session
 
     sizes = round_sizes(args, n)
     models = round_reward_models(thetas, r.t, args.gamma)

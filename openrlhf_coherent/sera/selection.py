@@ -4,15 +4,15 @@ Round t >= 2 ranks pairs by the implicit reward margin m_t = r_t(x, y_w) - r_t(x
     r_t = (1 - gamma) log(pi_{t-1} / pi_{t-2}) + gamma log(pi_{t-2} / pi_{t-3})   (t >= 3)
     r_2 = log(pi_1 / pi_0)                                                       (t = 2, no older policy)
 where pi_0 is the SFT model and pi_i the policy after round i. The evaluator actor computes it
-(`evaluator/actor.py::ensemble_reward`) from --policy_model / --ref_model / --ensemble_model, and
-select-pairs / bootstrap-pairs keep the global top k (`evaluator/common.py::select`, --top_k).
+(`data_tools/actor.py::ensemble_reward`) from --policy_model / --ref_model / --ensemble_model, and
+select-pairs / bootstrap-pairs keep the global top k (`data_tools/common.py::select`, --top_k).
 """
 
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
-from openrlhf_coherent.evaluator.rows import _messages  # a string is one message, as the scorer reads it
+from openrlhf_coherent.data_tools.rows import _messages  # a string is one message, as the scorer reads it
 
 
 def round_reward_models(policies: Sequence[str], t: int, gamma: float) -> Dict:

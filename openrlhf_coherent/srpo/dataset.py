@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from openrlhf_coherent.config import ConfigError
-from openrlhf_coherent.evaluator.rows import BadRow, read_jsonl
+from openrlhf_coherent.data_tools.rows import BadRow, read_jsonl
 
 from .loss import SEQUENCES
 from .templates import TextFormat, content, load_template

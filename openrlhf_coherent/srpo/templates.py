@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 from openrlhf_coherent.config import ConfigError
-from openrlhf_coherent.evaluator.rows import BadRow
+from openrlhf_coherent.data_tools.rows import BadRow
 
 PROMPT, COMPLETION = "{prompt}", "{completion}"
 _PLACEHOLDER = re.compile(r"\{prompt\}|\{completion\}")

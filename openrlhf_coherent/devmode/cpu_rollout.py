@@ -57,7 +57,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from openrlhf.trainer.ray import vllm_engine
 from openrlhf.trainer.ray.vllm_engine import SingleTurnAgentExecutor, _load_agent_executor
 
-from .remote_code import trust_remote_code_for
+from ..remote_code import trust_remote_code_for
 
 # Requests outside a dispatch that arrive within this long of each other join one batch (seconds):
 # Ray delivers the calls of one dispatch loop within a few milliseconds.

@@ -146,7 +146,7 @@ def write_demonstrations(path: str) -> str:
 
 
 def main(argv=None) -> None:
-    """`python -m openrlhf_coherent.tiny_models OUT_DIR`: write OUT_DIR/base, OUT_DIR/sft,
+    """`python -m openrlhf_coherent.devmode.tiny_models OUT_DIR`: write OUT_DIR/base, OUT_DIR/sft,
     OUT_DIR/prompts.jsonl and OUT_DIR/demos.jsonl, the smallest inputs an SRPPO command line (or the
     whole recipe, examples/configs/tiny_cpu.yaml) can run on (CPU examples)."""
     import argparse

@@ -75,7 +75,7 @@ import uuid
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, TypedDict
 
-from openrlhf_coherent.startup import imports_without_gc
+from openrlhf_coherent.devmode.startup import imports_without_gc
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def worker_setup() -> None:
 
 
 def plain_worker_setup() -> None:
-    """`worker_process_setup_hook` of the evaluator tools' workers (`evaluator.actor.PairScorer`):
+    """`worker_process_setup_hook` of the evaluator tools' workers (`data_tools.actor.PairScorer`):
     they load models with plain transformers and take their device from torch, so they need only
     the import stand-ins, on CPU as on CUDA. The CPU shims of `worker_setup` import OpenRLHF's
     trainer and DeepSpeed, which these workers never use: with them a worker took 11.1 CPU-seconds
@@ -390,7 +390,7 @@ def ray_init_settings(
     device, reason, joining = job_device(address, temp_dir, num_gpus)
     env_vars = {key: os.environ.get(key, default) for key, default in _OPENRLHF_ENV_DEFAULTS.items()}
     env_vars[DEVICE_ENV] = device
-    from .remote_code import TRUST_ENV  # the user's remote-code choice (config.validate): workers of a joined cluster do not inherit it
+    from ..remote_code import TRUST_ENV  # the user's remote-code choice (config.validate): workers of a joined cluster do not inherit it
 
     if TRUST_ENV in os.environ:
         env_vars[TRUST_ENV] = os.environ[TRUST_ENV]
@@ -711,7 +711,7 @@ def _patch_rollout_engine() -> None:
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
     from openrlhf.trainer.ray import vllm_engine
 
-    from openrlhf_coherent.cpu_rollout import CpuRolloutActor, deterministic_dispatch, dispatch_ordered
+    from openrlhf_coherent.devmode.cpu_rollout import CpuRolloutActor, deterministic_dispatch, dispatch_ordered
 
     vllm_engine.RolloutRayActor = CpuRolloutActor
     if not hasattr(SamplesGenerator._dispatch_prompts_to_vllm, "__wrapped__"):
