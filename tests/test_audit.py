@@ -214,7 +214,7 @@ def test_sentence_kinds_keep_a_numbered_answer_intact():
     """Numbered steps are sentences with their line breaks kept; prose with commas is no list."""
     import random
 
-    from openrlhf_coherent.evaluator import perturbations as P
+    from openrlhf_coherent.data_tools import perturbations as P
 
     ref = P.Reference(line=1, row={}, text="Here are three steps.\n1. Mix the flour.\n2. Add water.\n3. Bake it.",
                       tokenizer=None, rng=random.Random(0))  # fmt: skip

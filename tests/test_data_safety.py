@@ -275,7 +275,7 @@ def test_fingerprint_covers_every_byte_and_is_cached_by_size_and_mtime(tiny_mode
 
 
 def test_a_second_run_on_one_output_refuses(tiny_models, tmp_path, capsys):
-    from openrlhf_coherent.evaluator.output import ScoredStream
+    from openrlhf_coherent.data_tools.output import ScoredStream
 
     base, sft = tiny_models
     data = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "say hello", "response": "hello !"}])
@@ -375,7 +375,7 @@ def test_non_utf8_input_names_its_line_and_leaves_no_output(tiny_models, tmp_pat
 
 
 def test_an_input_field_named_fold_does_not_break_resume(tiny_models, tmp_path, capsys):
-    from openrlhf_coherent.evaluator.pipeline import ScoringRound, scored_by
+    from openrlhf_coherent.data_tools.pipeline import ScoringRound, scored_by
 
     base, sft = tiny_models
     row = {"prompt": "say hello", "response": "hello !", "fold": "train"}
