@@ -20,7 +20,6 @@ ENTRY_POINTS = (
         ("openrlhf_coherent.cli.select_pairs", "keep the preference pairs with the largest reward margin"),
         ("openrlhf_coherent.cli.bootstrap_pairs", "sample responses and make (best, worst) preference pairs"),
         ("openrlhf_coherent.cli.spin_pairs", "SPIN pairs: demonstration vs the SFT model's own sample"),
-        ("openrlhf_coherent.cli.audit", "reward audit before PPO: does the coherent reward prefer perturbed responses?"),
         ("openrlhf_coherent.cli.evaluate", "lm-evaluation-harness benchmarks of a checkpoint (IFEval, GSM8k, GPQA)"),
     )),
     ("Companion methods on OpenRLHF's DPO trainer", (

@@ -11,9 +11,9 @@ import json
 import logging
 import math
 import os
-import sys
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
+from .errors import ConfigError, exit_status  # noqa: F401 (the CLIs import them from here too)
 from .reward import AGGREGATES, REWARD_TYPES
 
 logger = logging.getLogger("openrlhf_coherent")
@@ -33,24 +33,6 @@ LEGACY_FLAGS = {
     "--init_kl_coef": "--algo.kl.init_coef",
     "--advantage_estimator": "--algo.advantage.estimator",
 }
-
-
-class ConfigError(ValueError):
-    """A bad flag or input file, found before Ray starts where possible (a bad row may show up later).
-    The CLIs print it as one line and exit with status 2 (`exit_status`)."""
-
-
-def exit_status(command: Callable[[], object]) -> int:
-    """Run a command's body. Bad input raises ConfigError naming the flag, file or line; it is
-    printed as one line on stderr and becomes exit status 2, the way every CLI here reports it."""
-    try:
-        command()
-    except ConfigError as e:
-        from .redact import mask_text  # a message may quote a value that holds a secret
-
-        print(f"openrlhf_coherent: error: {mask_text(str(e))}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def check_number(flag: str, value, *, low=None, high=None, low_open: bool = True, high_open: bool = False) -> None:

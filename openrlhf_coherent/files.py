@@ -25,7 +25,7 @@ import re
 import tempfile
 from typing import IO, Iterable, Iterator, Optional, Sequence, Tuple
 
-from .config import ConfigError
+from .errors import ConfigError
 
 PathFlag = Tuple[Optional[str], str]  # (path, the flag that gave it)
 

@@ -22,7 +22,7 @@ import re
 import types
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .config import ConfigError
+from .errors import ConfigError
 
 INF = math.inf
 SEED_MAX = 2**32 - 1  # numpy's and vLLM's seed range (torch accepts more; a seed must fit all)

@@ -126,7 +126,7 @@ def wandb_key_problem(value: Optional[str]) -> Optional[str]:
 def check_wandb_key(args) -> None:
     """ConfigError unless OpenRLHF's parsed `args.logger.wandb.key` is unset or `env` with
     WANDB_API_KEY set (our CLIs call it before anything prints the arguments)."""
-    from .config import ConfigError
+    from .errors import ConfigError
 
     logger = getattr(args, "logger", None)
     problem = wandb_key_problem(getattr(getattr(logger, "wandb", None), "key", None))

@@ -30,7 +30,7 @@ import json
 import os
 from typing import Optional
 
-from .config import ConfigError
+from .errors import ConfigError
 
 TRUST_ENV = "OPENRLHF_COHERENT_TRUST_REMOTE_CODE"
 PPO_TRUST_FLAG = "--coherent.trust_remote_code"
