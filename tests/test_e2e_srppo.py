@@ -49,7 +49,7 @@ def run_until(cmd, paths, timeout=400):
     deadline = time.time() + timeout
     while proc.poll() is None and not all(os.path.exists(p) for p in paths) and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(1.0)  # into the next step, so the kill may race its saves
+    time.sleep(0.3)  # into the next step, so the kill may race its saves (1 s let an idle machine save all 4 steps)
     if proc.poll() is not None:  # it ended by itself: nothing to kill; say how it ended
         raise AssertionError(f"exited with status {proc.returncode} before the kill:\n{proc.communicate()[0][-5000:]}")
     os.killpg(proc.pid, signal.SIGKILL)
