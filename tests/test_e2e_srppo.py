@@ -43,13 +43,17 @@ def fresh_ray_env():
 
 
 def run_until(cmd, paths, timeout=400):
-    """Start `cmd`; SIGKILL its whole process group (driver, Ray, DeepSpeed) once all `paths` exist."""
+    """Start `cmd`; SIGKILL its whole process group (driver, Ray, DeepSpeed) as soon as all `paths` exist.
+
+    At once, not after a pause: on an idle machine the tiny run saves a step every ~0.25 s, so a pause
+    of 0.3-1 s sometimes let it save every step before the kill (nothing left to resume). The kill
+    still lands while the next step runs or saves; the partial saves it may leave behind are
+    `recipe.resume.align_checkpoints`' job (tests/test_recipe.py)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=fresh_ray_env(), cwd=REPO,
                             start_new_session=True, text=True)  # fmt: skip
     deadline = time.time() + timeout
     while proc.poll() is None and not all(os.path.exists(p) for p in paths) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(0.3)  # into the next step, so the kill may race its saves (1 s let an idle machine save all 4 steps)
+        time.sleep(0.05)
     if proc.poll() is not None:  # it ended by itself: nothing to kill; say how it ended
         raise AssertionError(f"exited with status {proc.returncode} before the kill:\n{proc.communicate()[0][-5000:]}")
     os.killpg(proc.pid, signal.SIGKILL)
