@@ -106,6 +106,10 @@ class CoherentRewardActor(BaseModelActor):
         action_mask: torch.Tensor,
         attention_mask: torch.Tensor,
         packed_seq_lens: Optional[list] = None,
+        base_sequences: Optional[torch.LongTensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        """Per-token response log-probs, shaped like `action_mask`: {"base": ..., "sft": ... (if held)}."""
-        return {name: self._log_probs(name, sequences, action_mask, attention_mask, packed_seq_lens) for name in self.models}
+        """Per-token response log-probs, shaped like `action_mask`: {"base": ..., "sft": ... (if held)}.
+        `base_sequences` (`--coherent.eos_policy base_eos`): what the base scores instead, the same
+        sequences with a final SFT-only EOS replaced by the base's own."""
+        inputs = {"base": sequences if base_sequences is None else base_sequences, "sft": sequences}
+        return {name: self._log_probs(name, inputs[name], action_mask, attention_mask, packed_seq_lens) for name in self.models}

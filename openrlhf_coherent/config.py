@@ -16,6 +16,10 @@ from typing import List, Optional, Sequence
 from .errors import ConfigError, exit_status  # noqa: F401 (the CLIs import them from here too)
 from .reward import AGGREGATES, REWARD_TYPES
 
+# What a finished response's final position scores when the SFT model stops on an id the base does
+# not (see `eos_handling`); the default was chosen by measurement (demo/eos_policy.py, docs/eos_policy.md).
+EOS_POLICIES = ("base_eos", "exclude")
+
 logger = logging.getLogger("openrlhf_coherent")
 
 COHERENT = "coherent"  # the value of --reward.model_name_or_path that selects this plugin
@@ -103,6 +107,17 @@ def add_coherent_arguments(parser: argparse.ArgumentParser) -> None:
         default="sum",
         choices=AGGREGATES,
         help="sum (paper) or mean: divide by the number of response tokens (length normalisation).",
+    )
+    group.add_argument(
+        "--coherent.eos_policy",
+        type=str,
+        default="base_eos",
+        choices=EOS_POLICIES,
+        help="Base/SFT pairs whose EOS differ (Qwen2.5 base vs Instruct, Llama-3 base vs <|eot_id|>): at a "
+        "finished response's end, base_eos scores log p_SFT(SFT's EOS) - log p_base(base's own EOS), each "
+        "model's probability of stopping there; exclude drops that position from both terms (no stopping "
+        "signal: a finished response scores as its truncation). Measured in demo/eos_policy.py. No effect "
+        "when the two stop on the same ids.",
     )
     group.add_argument("--coherent.scale", type=float, default=1.0, help="Multiply the coherent reward by this.")
     group.add_argument(
@@ -223,10 +238,8 @@ def check_same_tokenizer(
 
     Base/SFT pairs often differ only in the EOS token (Qwen2.5 base vs Instruct; Llama-3 base's
     <|end_of_text|> vs an SFT model's <|eot_id|>). With `allow_eos_difference` (the PPO path) such a
-    pair is accepted and the ids the SFT model stops on but the base does not are returned: a finished
-    response ends with one, which the base scores as an ordinary, often very unlikely token (a
-    near-constant bonus on every finished response), so the caller excludes that final token from
-    both terms. Otherwise returns None."""
+    pair is accepted and the ids the SFT model stops on but the base does not are returned (the caller
+    applies `--coherent.eos_policy` to a finished response ending with one). Otherwise returns None."""
     from transformers import AutoTokenizer
 
     def load(path, flag):
@@ -270,16 +283,53 @@ def check_same_tokenizer(
         return None
     # The rollout engine stops on the tokenizer's EOS and on the generation config's (vLLM's rule;
     # Llama-3-Instruct's <|eot_id|> is only there): every such id the base does not stop on counts.
-    sft_only = sorted(stop_token_ids(sft_path, sft) - stop_token_ids(base_path, base))
-    if not sft_only:
-        return None
-    logger.warning(
-        "SRPPO: %s and %s share their vocabulary but not their EOS tokens (SFT stops on %s, the base does not): a "
-        "finished response's final token, when it is one of these, is excluded from both terms of the coherent "
-        "reward (eos_policy=exclude; with --coherent.aggregate mean the length counts the tokens before it)",
-        sft_flag, base_flag, ", ".join(f"{sft.convert_ids_to_tokens(i)!r} (id {i})" for i in sft_only),
-    )  # fmt: skip
-    return sft_only
+    return sorted(stop_token_ids(sft_path, sft) - stop_token_ids(base_path, base)) or None
+
+
+def eos_handling(c, sft_only: List[int], actor_only: List[int], trust_remote_code: bool) -> dict:
+    """What a response's final token gets when it is an EOS the base does not stop on, by
+    `--coherent.eos_policy` (read by the experience maker; saved in checkpoints):
+
+    - "swap": ids the SFT model stops on; the base scores its own EOS ("base_eos_token_id") there.
+    - "exclude": ids excluded from both terms: all of them with `exclude`; with `base_eos`, those only
+      the actor stops on (--coherent.sft_model differs from it), which the SFT model would score as an
+      ordinary token."""
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(c.base_model, trust_remote_code=trust_remote_code)
+
+    def names(ids):
+        return ", ".join(f"{base.convert_ids_to_tokens(i)!r} (id {i})" for i in ids)
+
+    if c.eos_policy == "exclude" or not sft_only:
+        handling = {"swap": [], "exclude": sorted(set(sft_only) | set(actor_only)), "base_eos_token_id": None}
+    else:
+        # The base's own EOS: its tokenizer's, else its generation config's (the ids it stops on).
+        base_eos = base.eos_token_id
+        if base_eos is None:
+            base_eos = min(stop_token_ids(c.base_model, base), default=None)
+        if base_eos is None:
+            raise ConfigError(
+                f"--coherent.base_model {c.base_model}: neither its tokenizer nor its generation config names an EOS, "
+                f"so --coherent.eos_policy base_eos has nothing to score where the SFT model stops ({names(sft_only)}); "
+                "pass --coherent.eos_policy exclude"
+            )
+        handling = {"swap": sorted(sft_only), "exclude": sorted(actor_only), "base_eos_token_id": base_eos}
+    if handling["swap"]:
+        logger.warning(
+            "SRPPO: the SFT model stops on %s and the base (%s) does not: eos_policy=base_eos, a finished response "
+            "ending with one of these is scored there as log p_SFT(that token) - log p_base(%s), the base's own EOS "
+            "(each model's probability of stopping)", names(handling["swap"]), c.base_model, names([handling["base_eos_token_id"]]),
+        )  # fmt: skip
+    if handling["exclude"]:
+        logger.warning(
+            "SRPPO: the %s stops on %s and the base (%s) does not: eos_policy=exclude for %s, a finished response's final "
+            "token, when it is one of these, is excluded from both terms of the coherent reward (no stopping signal; with "
+            "--coherent.aggregate mean the length counts the tokens before it)",
+            "SFT model or the actor" if c.eos_policy == "exclude" else "actor (not the SFT model)",
+            names(handling["exclude"]), c.base_model, "these" if c.eos_policy == "exclude" else "them",
+        )  # fmt: skip
+    return handling
 
 
 def stop_token_ids(path: str, tokenizer) -> set:
@@ -470,18 +520,18 @@ def validate(args) -> None:
     # OpenRLHF loads the actor (also as reference model and vLLM engine) and the critic with
     # trust_remote_code=True whatever the flag says: check_ppo_args refuses custom code there.
     check_ppo_args(args, coherent=True)
-    # Derived setting read by the experience maker: the EOS ids the SFT model (and the actor that
-    # generates) stops on and the base does not, excluded from both terms when a response ends with
-    # one (None: they stop on the same ids).
+    # Derived setting read by the experience maker: what a response's final token gets when it is an
+    # EOS the SFT model (or the actor that generates) stops on and the base does not.
     sft_only = check_same_tokenizer(c.sft_model, c.base_model, sft_flag, trust, allow_eos_difference=True) or []
+    actor_only = []
     if not same_model_path(c.sft_model, args.actor.model_name_or_path):
         from transformers import AutoTokenizer
 
         def stops(path):
             return stop_token_ids(path, AutoTokenizer.from_pretrained(path, trust_remote_code=trust))
 
-        sft_only = sorted(set(sft_only) | (stops(args.actor.model_name_or_path) - stops(c.base_model)))
-    c.sft_only_eos_token_ids = sft_only or None
+        actor_only = sorted(stops(args.actor.model_name_or_path) - stops(c.base_model) - stops(c.sft_model))
+    c.eos_handling = eos_handling(c, sft_only, actor_only, trust) if sft_only or actor_only else None
 
     # OpenRLHF's reference model is loaded from the actor path and scores at the rollout temperature.
     # Only when that is exactly the SFT model at temperature 1 are its log-probs log p_SFT.

@@ -72,13 +72,16 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         args = self.args
         duplicate_factor = args.ds.ring_attn_size * args.ds.tensor_parallel_size
         padded = padded_for_coherent_group(samples_list, args)  # the extra results are dropped below
-        self._coherent_refs = self._dispatch_forward(
-            self.reward_model_group,
-            args.train.colocate_all,
+        c = self.coherent
+        inputs = dict(
             sequences=[s.sequences for s in padded],
             action_mask=[s.action_mask for s in padded],
             attention_mask=[s.attention_mask for s in padded],
         )
+        eos = c.eos_handling  # base/SFT pairs whose EOS differ (config.eos_handling); None if they agree
+        if eos and eos["swap"]:  # --coherent.eos_policy base_eos
+            inputs["base_sequences"] = [base_sequences(s, eos["swap"], eos["base_eos_token_id"]) for s in padded]
+        self._coherent_refs = self._dispatch_forward(self.reward_model_group, args.train.colocate_all, **inputs)
         # A non-None reward tells the parent the reward is provided; the real value is set below.
         for samples in samples_list:
             samples.rewards = torch.zeros(len(samples.sequences))
@@ -102,10 +105,9 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
         self.floored = 0
         self.last_forward_counts = {"base": len(terms), "sft": sum("sft" in t for t in terms)}
 
-        c = self.coherent
         options = dict(reward_type=c.reward_type, aggregate=c.aggregate, scale=c.scale, token_clip=c.token_clip)
         results = [
-            coherent_reward(sft, t["base"], reward_mask(samples, getattr(c, "sft_only_eos_token_ids", None)), **options)
+            coherent_reward(sft, t["base"], reward_mask(samples, c.eos_handling and c.eos_handling["exclude"]), **options)
             for samples, t, sft in zip(samples_list, terms, sft_log_probs)
         ]
         self._keep_sft_reference(results)
@@ -330,23 +332,39 @@ def total_reward(result) -> torch.Tensor:
     return result.reward + result.token_rewards.sum(dim=-1)
 
 
-def reward_mask(samples, sft_only_eos_token_ids) -> torch.Tensor:
-    """The response positions the coherent reward counts: `action_mask`, less the final token of a
-    finished response when it is an EOS the SFT model stops on and the base does not (see
-    `config.check_same_tokenizer`): the base would score it as an ordinary, often very unlikely
-    token, a near-constant bonus for every finished response. Excluded from both terms."""
+def final_eos(samples, eos_token_ids):
+    """(rows, action positions) of the samples whose response ends with one of `eos_token_ids`
+    (action position j is the token `sequences[:, j + 1]`)."""
     mask = samples.action_mask
-    if not sft_only_eos_token_ids:
-        return mask
     positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
     last = torch.where(mask.bool(), positions, -1).max(dim=-1).values  # last response position, -1 if none
     rows = torch.arange(mask.size(0), device=mask.device)
-    # action position j is the token sequences[:, j + 1]
     final_token = samples.sequences[rows, last.clamp(min=0) + 1]
-    ends_with_sft_eos = (last >= 0) & torch.isin(final_token, torch.tensor(sft_only_eos_token_ids, device=mask.device))
-    mask = mask.clone()
-    mask[rows[ends_with_sft_eos], last[ends_with_sft_eos]] = 0
+    ends = (last >= 0) & torch.isin(final_token, torch.tensor(eos_token_ids, device=mask.device))
+    return rows[ends], last[ends]
+
+
+def reward_mask(samples, excluded_eos_token_ids) -> torch.Tensor:
+    """The response positions the coherent reward counts: `action_mask`, less the final token of a
+    response that ends with an EOS the base does not stop on and the reward excludes
+    (`config.eos_handling`): the base would score it as an ordinary, often very unlikely token."""
+    if not excluded_eos_token_ids:
+        return samples.action_mask
+    rows, last = final_eos(samples, excluded_eos_token_ids)
+    mask = samples.action_mask.clone()
+    mask[rows, last] = 0
     return mask
+
+
+def base_sequences(samples, sft_eos_token_ids, base_eos_token_id: int) -> torch.Tensor:
+    """`--coherent.eos_policy base_eos`: the sequences the base model scores, with a final SFT EOS
+    (one the base does not stop on) replaced by the base's own EOS, so that position's base term is
+    log p_base(stopping) where the SFT term is log p_SFT(stopping). It is the last token, so no other
+    position's log-prob changes."""
+    rows, last = final_eos(samples, sft_eos_token_ids)
+    sequences = samples.sequences.clone()
+    sequences[rows, last + 1] = base_eos_token_id
+    return sequences
 
 
 @contextlib.contextmanager

@@ -66,6 +66,27 @@ def mix_rollout_stats(experiences: List) -> Dict[str, float]:
     return stats
 
 
+
+def check_same_eos_handling(saved: Dict, c) -> None:
+    """A resume must not change what a finished response's final token scores (`--coherent.eos_policy`):
+    the reward, the floor's SFT reference and the alarm's window were all measured under the saved one.
+    Checkpoints written before the flag existed excluded that token (eos_policy=exclude)."""
+    now = c.eos_handling
+    if "eos_handling" in saved:
+        before = saved["eos_handling"]
+    elif now is None:
+        before = None
+    else:
+        before = {"swap": [], "exclude": sorted(set(now["swap"]) | set(now["exclude"])), "base_eos_token_id": None}
+    if before != now:
+        raise ValueError(
+            f"openrlhf_coherent: this checkpoint was written with another end-of-response handling ({before}) than this "
+            f"run's ({now}, --coherent.eos_policy {c.eos_policy}): resuming would change the reward mid-run. "
+            "Resume with the --coherent.eos_policy (and models) it was written with"
+            + ("" if "eos_handling" in saved else " (exclude: it predates the flag)")
+            + ", or start a new run in another --ckpt.path"
+        )
+
 class _SeededPPOTrainer(PPOTrainer.__ray_actor_class__):
     """OpenRLHF's PPOTrainer with its RNGs seeded from --train.seed. OpenRLHF builds the prompt
     dataloader in this actor, which seeds nothing (only the model actors call set_seed): its shuffle
@@ -110,6 +131,7 @@ class CoherentPPOTrainer(_SeededPPOTrainer):
             "run_id": maker.run_id,
             "sft_logp_reference": maker.sft_logp_reference,
             "alarm": self.alarm.state_dict() if self.alarm is not None else None,
+            "eos_handling": self.args.coherent.eos_handling,
         }
 
     def save_logs_and_checkpoints(self, global_step: int, logs_dict=None, client_states=None) -> None:
@@ -134,6 +156,7 @@ class CoherentPPOTrainer(_SeededPPOTrainer):
                 "the alarm and --coherent.sft_logp_floor take their SFT reference from the first rollout after the resume"
             )
             return states
+        check_same_eos_handling(saved, self.args.coherent)
         maker = self.experience_maker
         maker.rollout_step = saved["rollout_step"]
         # Older checkpoints have no run id (nor had their rows): the cut then only touches rows without one.

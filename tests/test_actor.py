@@ -39,12 +39,13 @@ def openrlhf_batch(tokenizer, pairs):
     return Experience.concat_experiences(samples, tokenizer.pad_token_id), samples
 
 
-def group_forward(group, batches):
+def group_forward(group, batches, **extra):
     refs = group.async_run_method_batch(
         method_name="forward",
         sequences=[b.sequences for b in batches],
         action_mask=[b.action_mask for b in batches],
         attention_mask=[b.attention_mask for b in batches],
+        **extra,
     )
     return [out for chunk in ray.get(refs) for out in chunk]
 
@@ -95,6 +96,22 @@ def test_actor_group_matches_plain_transformers_in_fp32(tiny_models, ray_cluster
             ratio = (out["sft"][i][mask] - out["base"][i][mask]).sum()
             expected_ratio = plain_log_probs(sft, p, r).sum() - plain_log_probs(base, p, r).sum()
             assert ratio.item() == pytest.approx(expected_ratio.item(), abs=1e-5)
+
+    # --coherent.eos_policy base_eos: the base scores the sequences the experience maker gives it (a
+    # finished row's final EOS replaced by the base's own; "!" stands in for it here), the SFT model
+    # the rollout's own.
+    from openrlhf_coherent.experience import base_sequences
+
+    stand_in = tokenizer.convert_tokens_to_ids("!")
+    swapped = [base_sequences(b, [tokenizer.eos_token_id], stand_in) for b in (batch_a, batch_b)]
+    outputs = group_forward(group, [batch_a, batch_b], base_sequences=swapped)
+    for out, batch, pairs in ((outputs[0], batch_a, PAIRS[:2]), (outputs[1], batch_b, PAIRS[2:])):
+        for i, (prompt, response) in enumerate(pairs):
+            p, r = tokenizer(prompt)["input_ids"], tokenizer(response)["input_ids"]
+            mask = batch.action_mask[i].bool()
+            base_r = r[:-1] + [stand_in] if r[-1] == tokenizer.eos_token_id else r  # the truncated row: as it is
+            torch.testing.assert_close(out["base"][i][mask], plain_log_probs(base, p, base_r), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out["sft"][i][mask], plain_log_probs(sft, p, r), atol=1e-5, rtol=1e-5)
 
     # A worker of the dev mode's Ray job: one OpenMP thread (Ray's default for a one-CPU worker;
     # the set-up hook imports torch before Ray would set it, so the dev mode sets it itself).

@@ -238,11 +238,41 @@ def sft_with_own_eos(tiny_models, tmp_path_factory):
 
 
 def test_eos_only_difference_is_accepted_for_ppo_and_named_in_the_log(tiny_models, sft_with_own_eos, caplog):
+    from transformers import AutoTokenizer
+
     base, _ = tiny_models
     sft, eos_id = sft_with_own_eos
     args = parse_args(srppo_argv(sft, base))
-    assert args.coherent.sft_only_eos_token_ids == [eos_id]
+    # The default (demo/eos_policy.py measured it): score the base's own EOS at the SFT model's stop.
+    base_eos = AutoTokenizer.from_pretrained(base).eos_token_id
+    assert args.coherent.eos_handling == {"swap": [eos_id], "exclude": [], "base_eos_token_id": base_eos} and base_eos != eos_id
+    assert "eos_policy=base_eos" in caplog.text
+    caplog.clear()
+    args = parse_args(srppo_argv(sft, base, "--coherent.eos_policy", "exclude"))
+    assert args.coherent.eos_handling == {"swap": [], "exclude": [eos_id], "base_eos_token_id": None}
     assert "eos_policy=exclude" in caplog.text
+    assert parse_args(srppo_argv(base, base)).coherent.eos_handling is None  # the same stop ids: nothing to do
+
+
+def test_base_eos_needs_a_base_eos_and_falls_back_to_its_generation_config(tiny_models, sft_with_own_eos, tmp_path, capsys):
+    """A base tokenizer without eos_token: its generation config's EOS is its own; with neither,
+    base_eos is refused before Ray, naming the flag."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    base, _ = tiny_models
+    sft, eos_id = sft_with_own_eos
+    copy = tmp_path / "base"
+    shutil.copytree(base, copy)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    stop = tokenizer.eos_token_id
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(copy)
+    GenerationConfig(eos_token_id=stop).save_pretrained(copy)
+    assert parse_args(srppo_argv(sft, str(copy))).coherent.eos_handling["base_eos_token_id"] == stop
+    os.remove(copy / "generation_config.json")
+    err = refused(srppo_argv(sft, str(copy)), capsys)
+    assert "--coherent.base_model" in err and "--coherent.eos_policy exclude" in err
+    assert parse_args(srppo_argv(sft, str(copy), "--coherent.eos_policy", "exclude")).coherent.eos_handling["exclude"] == sorted({stop, eos_id})  # its generation config stops on the base EOS too
     # Tools that have no such handling still refuse the pair.
     with pytest.raises(ConfigError, match="eos_token_id"):
         check_same_tokenizer(sft, base, "--sft_model", False, base_flag="--base_model")
@@ -263,24 +293,40 @@ def test_generation_config_eos_counts_as_an_sft_eos(tiny_models, tmp_path):
     assert check_same_tokenizer(sft, base, "--coherent.sft_model", False, allow_eos_difference=True) is None
 
 
-def test_final_sft_eos_is_excluded_from_both_terms():
+def eos_samples():
     from openrlhf.trainer.ppo_utils.experience import Experience
 
-    from openrlhf_coherent.experience import reward_mask
-
-    eos = 7
-    # OpenRLHF 0.11.2 layout: action_mask spans sequences[:, 1:]; row 0 finished with the SFT EOS,
+    # OpenRLHF 0.11.2 layout: action_mask spans sequences[:, 1:]; row 0 finished with the SFT EOS (7),
     # row 1 truncated (its last token is no EOS), row 2 ends with EOS followed by padding.
     sequences = torch.tensor([[1, 2, 3, 4, 7], [1, 2, 3, 4, 5], [1, 2, 3, 7, 0]])
     action_mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 0]])
-    samples = Experience(sequences=sequences, action_mask=action_mask)
+    return Experience(sequences=sequences, action_mask=action_mask)
+
+
+def test_final_sft_eos_is_excluded_from_both_terms():
+    from openrlhf_coherent.experience import reward_mask
+
+    eos = 7
+    samples = eos_samples()
+    action_mask = samples.action_mask
     mask = reward_mask(samples, [eos])
     assert mask.tolist() == [[0, 0, 1, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
-    assert reward_mask(samples, None) is action_mask  # tokenizers agree: unchanged
+    assert reward_mask(samples, None) is action_mask  # tokenizers agree, or base_eos: every position counts
     sft = torch.tensor([[0.0, 0.0, -1.0, -0.1]] * 3)
     base = torch.tensor([[0.0, 0.0, -2.0, -9.0]] * 3)  # the base finds the SFT EOS very unlikely
     result = coherent_reward(sft, base, mask, aggregate="mean")
     assert result.reward.tolist() == pytest.approx([1.0, (1.0 + 8.9) / 2, 0.0])
+
+
+def test_base_eos_policy_gives_the_base_its_own_eos_at_the_final_position_only():
+    from openrlhf_coherent.experience import base_sequences
+
+    samples = eos_samples()
+    swapped = base_sequences(samples, [7], 3)
+    # Rows ending with the SFT-only EOS get the base's EOS there; a truncated row, the padding and
+    # every earlier token (including an SFT EOS that is not final) are untouched.
+    assert swapped.tolist() == [[1, 2, 3, 4, 3], [1, 2, 3, 4, 5], [1, 2, 3, 3, 0]]
+    assert samples.sequences.tolist()[0] == [1, 2, 3, 4, 7]  # a copy: the policy's sequences are not edited
 
 
 # ---- items 5, 6: the floor's reference, the token-wise variant ----------------------------------
@@ -370,3 +416,22 @@ def test_response_window_trims_the_prompt_positions(tiny_models):
 
 # The token-wise variant's end-to-end check (the total reward PPO trains on is what OpenRLHF logs)
 # shares the real PPO run of tests/test_patch.py::test_stock_cli_runs_srppo_after_the_patch.
+
+
+def test_a_resume_keeps_the_checkpoints_eos_handling():
+    """The reward, the floor's reference and the alarm's window were measured under the saved
+    handling: a resume under another is refused, naming the flag; older checkpoints excluded."""
+    from types import SimpleNamespace
+
+    from openrlhf_coherent.trainer import check_same_eos_handling
+
+    swap = {"swap": [43], "exclude": [], "base_eos_token_id": 3}
+    exclude = {"swap": [], "exclude": [43], "base_eos_token_id": None}
+    run = SimpleNamespace(eos_handling=swap, eos_policy="base_eos")
+    check_same_eos_handling({"eos_handling": swap}, run)
+    with pytest.raises(ValueError, match="--coherent.eos_policy"):
+        check_same_eos_handling({"eos_handling": exclude}, run)
+    with pytest.raises(ValueError, match="predates the flag"):
+        check_same_eos_handling({}, run)  # written before the flag: it excluded the SFT-only EOS
+    check_same_eos_handling({}, SimpleNamespace(eos_handling=exclude, eos_policy="exclude"))
+    check_same_eos_handling({}, SimpleNamespace(eos_handling=None, eos_policy="base_eos"))  # the same stop ids
