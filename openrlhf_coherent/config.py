@@ -115,7 +115,7 @@ def add_coherent_arguments(parser: argparse.ArgumentParser) -> None:
         choices=EOS_POLICIES,
         help="Base/SFT pairs whose EOS differ (Qwen2.5 base vs Instruct, Llama-3 base vs <|eot_id|>): at a "
         "finished response's end, base_eos scores log p_SFT(SFT's EOS) - log p_base(base's own EOS), each "
-        "model's probability of stopping there; exclude drops that position from both terms (no stopping "
+        "model's probability of its EOS token there; exclude drops that position from both terms (no stopping "
         "signal: a finished response scores as its truncation). Measured in demo/eos_policy.py. No effect "
         "when the two stop on the same ids.",
     )
@@ -307,7 +307,7 @@ def eos_handling(c, sft_only: List[int], actor_only: List[int], trust_remote_cod
         # The base's own EOS: its tokenizer's, else its generation config's (the ids it stops on).
         base_eos = base.eos_token_id
         if base_eos is None:
-            base_eos = min(stop_token_ids(c.base_model, base), default=None)
+            base_eos = min(stop_token_ids(c.base_model, base), default=None)  # the lowest, if it lists several
         if base_eos is None:
             raise ConfigError(
                 f"--coherent.base_model {c.base_model}: neither its tokenizer nor its generation config names an EOS, "

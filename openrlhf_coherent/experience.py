@@ -127,7 +127,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
             samples.info["coherent_sft_logp"] = result.sft_log_prob
             samples.info["coherent_base_logp"] = result.base_log_prob
             samples.info["coherent_log_ratio"] = result.log_ratio_sum
-            # Tokens the two terms count (the response less an excluded SFT-only EOS): per-token stats.
+            # Tokens the two terms count (the response less an excluded EOS, eos_handling["exclude"]): per-token stats.
             samples.info["coherent_length"] = result.length.float()
             if totals is not None:
                 samples.rewards = samples.info["reward"] = totals[k]

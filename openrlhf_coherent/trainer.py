@@ -66,7 +66,6 @@ def mix_rollout_stats(experiences: List) -> Dict[str, float]:
     return stats
 
 
-
 def check_same_eos_handling(saved: Dict, c) -> None:
     """A resume must not change what a finished response's final token scores (`--coherent.eos_policy`):
     the reward, the floor's SFT reference and the alarm's window were all measured under the saved one.
@@ -86,6 +85,7 @@ def check_same_eos_handling(saved: Dict, c) -> None:
             + ("" if "eos_handling" in saved else " (exclude: it predates the flag)")
             + ", or start a new run in another --ckpt.path"
         )
+
 
 class _SeededPPOTrainer(PPOTrainer.__ray_actor_class__):
     """OpenRLHF's PPOTrainer with its RNGs seeded from --train.seed. OpenRLHF builds the prompt
