@@ -56,29 +56,6 @@ import torch
 POLICIES = ("exclude", "base_eos", "sft_eos")
 
 
-@torch.no_grad()
-def score(model, prompt_ids: Sequence[List[int]], contents: Sequence[List[int]], stop_ids: Sequence[int], pad_id: int, batch_size: int = 64):
-    """Per response: (log p of each content token (N,), log p of each id in `stop_ids` after j content
-    tokens, j = 0..N, shape (N + 1, len(stop_ids))), fp32, temperature 1, right padding."""
-    out = []
-    stop = torch.tensor(list(stop_ids))
-    for lo in range(0, len(contents), batch_size):
-        rows = [list(p) + list(c) for p, c in zip(prompt_ids[lo : lo + batch_size], contents[lo : lo + batch_size])]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), pad_id)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        for i, row in enumerate(rows):
-            start, end = len(prompt_ids[lo + i]), len(row)
-            # logits at position t predict token t + 1: content token j is predicted at start - 1 + j
-            content_lp = logp[i, start - 1 : end - 1].gather(-1, ids[i, start:end, None]).squeeze(-1)
-            out.append((content_lp.clone(), logp[i, start - 1 : end][:, stop].clone()))
-    return out
-
-
 def rewards(sft, base, n: int, finished: bool, policy: str) -> Tuple[float, float]:
     """(summed, length-normalised) reward of the first `n` content tokens, stopped there when
     `finished`. `sft` / `base`: `score` outputs whose stop columns are (SFT's EOS, base's EOS)."""
@@ -188,6 +165,7 @@ def tiny_cases(world, tokenizer, max_tokens: int):
 def score_pair(sft_path: str, base_path: str, prompts, contents, stop_ids):
     """[(sft scores, base scores)] per response; prompts rendered with each model's own chat template."""
     from demo.evaluate import load, render_prompt
+    from demo.reward_check import score
 
     per_model = []
     for path in (sft_path, base_path):

@@ -75,31 +75,39 @@ def wrong_responses(spec, correct: str, rng: random.Random, max_tokens: int) -> 
 
 
 @torch.no_grad()
+def score(model, prompt_ids: Sequence[List[int]], contents: Sequence[List[int]], stop_ids: Sequence[int], pad_id: int, batch_size: int = 64):
+    """Per response: (log p of each content token (N,), log p of each id in `stop_ids` after j content
+    tokens, j = 0..N, shape (N + 1, len(stop_ids))), fp32, temperature 1, right padding."""
+    out = []
+    stop = torch.tensor(list(stop_ids), dtype=torch.long)
+    for lo in range(0, len(contents), batch_size):
+        rows = [list(p) + list(c) for p, c in zip(prompt_ids[lo : lo + batch_size], contents[lo : lo + batch_size])]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), pad_id)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        for i, row in enumerate(rows):
+            start, end = len(prompt_ids[lo + i]), len(row)
+            # logits at position t predict token t + 1: content token j is predicted at start - 1 + j
+            content_lp = logp[i, start - 1 : end - 1].gather(-1, ids[i, start:end, None]).squeeze(-1)
+            out.append((content_lp.clone(), logp[i, start - 1 : end][:, stop].clone()))
+    return out
+
+
 def response_log_probs(model, tokenizer, prompts: Sequence[str], responses: Sequence[Tuple[str, bool]], batch_size: int = 128):
     """Per-token log p(response token | prompt, previous tokens), one 1-D tensor per pair; EOS
     appended when `finished`."""
     from demo.evaluate import render_prompt
 
-    rows, starts = [], []
-    for prompt, (text, finished) in zip(prompts, responses):
-        p = render_prompt(tokenizer, prompt)
-        r = tokenizer(" " + text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if finished else [])
-        rows.append(p + r)
-        starts.append(len(p))
-    per_token = []
-    for lo in range(0, len(rows), batch_size):
-        chunk = rows[lo : lo + batch_size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(chunk):  # right padding: positions (and rotary phases) start at 0
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-        tok_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
-        for i, row in enumerate(chunk):
-            per_token.append(tok_logp[i, starts[lo + i] - 1 : len(row) - 1].clone())
-    return per_token
+    prompt_ids = [render_prompt(tokenizer, p) for p in prompts]
+    contents = [
+        tokenizer(" " + text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if finished else [])
+        for text, finished in responses
+    ]
+    return [content_lp for content_lp, _ in score(model, prompt_ids, contents, (), tokenizer.pad_token_id, batch_size)]
 
 
 def reward_check(sft_path: str, base_path: str, specs_in, specs_out, seed: int = 0, max_tokens: Optional[int] = None) -> dict:

@@ -107,7 +107,7 @@ class CoherentExperienceMaker(RemoteExperienceMaker):
 
         options = dict(reward_type=c.reward_type, aggregate=c.aggregate, scale=c.scale, token_clip=c.token_clip)
         results = [
-            coherent_reward(sft, t["base"], reward_mask(samples, c.eos_handling and c.eos_handling["exclude"]), **options)
+            coherent_reward(sft, t["base"], reward_mask(samples, eos and eos["exclude"]), **options)
             for samples, t, sft in zip(samples_list, terms, sft_log_probs)
         ]
         self._keep_sft_reference(results)

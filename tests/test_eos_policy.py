@@ -10,7 +10,7 @@ from conftest import plain_log_probs
 def test_score_gives_content_and_stop_log_probs_of_every_prefix(tiny_models):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from demo.eos_policy import score
+    from demo.reward_check import score
 
     _, sft = tiny_models
     tokenizer = AutoTokenizer.from_pretrained(sft)
@@ -70,12 +70,13 @@ def test_ppo_scores_the_base_own_eos_where_the_sft_model_stops(tmp_path, tiny_mo
     changes = []
     for row in rows:
         response = list(row["response_ids"])
-        if response[-1] == dot:
+        swapped = response[-1] == dot
+        if swapped:
             response[-1] = base_eos
         expected = plain_log_probs(str(sft_dot), row["prompt_ids"], row["response_ids"]).sum()
         expected -= plain_log_probs(base, row["prompt_ids"], response).sum()
         assert row["reward"] == pytest.approx(expected.item(), abs=2e-3, rel=1e-4), row
-        if response[-1] == base_eos:  # what the swap changes: the base scoring "." there instead
+        if swapped:  # what the swap changes: the base scoring "." there instead
             unswapped = plain_coherent_reward(str(sft_dot), base, row["prompt_ids"], row["response_ids"])
             changes.append(abs(row["reward"] - unswapped))
     assert len(changes) >= 2, f"only {len(changes)} of {len(rows)} responses ended with the SFT model's EOS: the swap went unchecked"
